@@ -1,0 +1,3 @@
+from fl_syft.cli import main
+
+raise SystemExit(main())

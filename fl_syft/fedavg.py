@@ -1,0 +1,71 @@
+"""Federated averaging of site results: pure functions, no I/O.
+
+A site result is the dict ``ml_experiment`` returns. Each is validated before it is used,
+and a bad one raises :class:`SiteResultError` naming the site, so a broken or hostile site
+cannot silently poison the global model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+N_CLASSES, N_FEATURES = 10, 784
+
+
+class SiteResultError(ValueError):
+    """A site returned something that is not a valid model update."""
+
+    def __init__(self, site: str, problem: str):
+        super().__init__(f"site {site!r} returned an invalid result: {problem}")
+        self.site = site
+
+
+def validate_result(site: str, result: object) -> None:
+    """Raise SiteResultError unless ``result`` has finite coef (10, 784), intercept (10,),
+    n_samples > 0 and, if present, class_counts (10,) of non-negative integers."""
+    if not isinstance(result, Mapping):
+        raise SiteResultError(site, f"expected a dict, got {type(result).__name__}")
+    missing = sorted({"coef", "intercept", "n_samples"} - set(result))
+    if missing:
+        raise SiteResultError(site, f"missing keys {missing}")
+    for key, shape in (("coef", (N_CLASSES, N_FEATURES)), ("intercept", (N_CLASSES,))):
+        value = np.asarray(result[key])
+        if value.shape != shape:
+            raise SiteResultError(site, f"{key} has shape {value.shape}, expected {shape}")
+        if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
+            raise SiteResultError(site, f"{key} contains NaN, infinite or non-numeric values")
+    n = result["n_samples"]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise SiteResultError(site, f"n_samples must be a positive integer, got {n!r}")
+    if "class_counts" in result:
+        counts = np.asarray(result["class_counts"])
+        if counts.shape != (N_CLASSES,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
+            raise SiteResultError(site, f"class_counts must be {N_CLASSES} non-negative integers")
+
+
+def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """Sample-weighted average of the sites' ``coef`` and ``intercept``.
+
+    Class row k is averaged over the sites that hold class k (their ``class_counts``),
+    weighted by ``n_samples``: a site lacking a class returns the received row unchanged,
+    and counting it would only drag the row back. A class no site holds is averaged over
+    all sites (all of which returned the same received row).
+    Returns {"coef": (10, 784), "intercept": (10,)} float64.
+    """
+    if not results:
+        raise ValueError("fedavg needs at least one site result")
+    for site, result in results.items():
+        validate_result(site, result)
+    rows = list(results.values())
+    n = np.array([r["n_samples"] for r in rows], dtype=np.float64)  # (sites,)
+    holds = np.stack([np.asarray(r.get("class_counts", np.ones(N_CLASSES))) > 0 for r in rows])
+    weights = n[:, None] * holds  # (sites, classes)
+    weights[:, ~holds.any(axis=0)] = n[:, None]
+    weights /= weights.sum(axis=0)
+    coefs = np.stack([np.asarray(r["coef"], np.float64) for r in rows])  # (sites, 10, 784)
+    intercepts = np.stack([np.asarray(r["intercept"], np.float64) for r in rows])  # (sites, 10)
+    coef = np.einsum("sk,skf->kf", weights, coefs)
+    intercept = np.einsum("sk,sk->k", weights, intercepts)
+    return {"coef": coef, "intercept": intercept}

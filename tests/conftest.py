@@ -1,0 +1,40 @@
+"""Shared fixtures: the real embedded MNIST, and a small IDX copy of it for fast end-to-end runs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_syft.data import Mnist, load_mnist, write_idx
+
+warnings.filterwarnings("ignore", message="lbfgs failed to converge")
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    return load_mnist("embedded")
+
+
+@pytest.fixture(scope="session")
+def small_idx(tmp_path_factory: pytest.TempPathFactory, mnist: Mnist) -> Path:
+    """First 3000 train / 1000 test images of real MNIST, written as gzipped IDX files."""
+    root = tmp_path_factory.mktemp("idx")
+    parts = {"train": (mnist.X_train[:3000], mnist.y_train[:3000]),
+             "t10k": (mnist.X_test[:1000], mnist.y_test[:1000])}
+    for prefix, (X, y) in parts.items():
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", X.reshape(-1, 28, 28))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def synthetic_shard(n: int, seed: int = 0, classes: int = 10) -> np.ndarray:
+    """(n, 785) uint8 shard with class-dependent pixel patterns, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.integers(0, 60, (n, 784))
+    for c in range(classes):
+        X[y == c, c * 70:(c + 1) * 70] += 150
+    return np.column_stack([X, y]).astype(np.uint8)

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fl_syft.cli import main
+from fl_syft.data import load_mnist
+from fl_syft.evaluate import score
+from fl_syft.report import load_model
+
+
+def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["simulate", "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "4",
+               "--local-iters", "3", "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    acc = [r["global_test_accuracy"] for r in metrics["rounds"]]
+    assert len(acc) == 4 and acc[-1] > acc[0] + 0.02
+    assert metrics["final"]["round"] == 4 and metrics["config"]["partition"]["sites"] == 3
+    first = metrics["rounds"][0]
+    assert set(first["sites"]) == {"site-1", "site-2", "site-3"}
+    assert {"round", "global_test_accuracy", "global_test_loss", "seconds"} <= set(first)
+    data = load_mnist(f"idx:{small_idx}")
+    recomputed = score(load_model(out / "model.npz"), data.X_test, data.y_test)
+    assert recomputed["accuracy"] == metrics["final"]["global_test_accuracy"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sites", "0"], "--sites must be at least 1, got 0"),
+    (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--partition", "dirichlet", "--alpha", "0"], "--alpha must be > 0, got 0.0"),
+    (["--partition", "sizes", "--sizes", "2000,2000"], "--sizes add up to 4000 rows but the data has 3000"),
+    (["--data", "s3://mnist"], "unknown data source 's3://mnist'"),
+    (["--local-iters", "-1"], "--local-iters must be at least 1"),
+    (["--C", "0"], "--C must be > 0"),
+    (["--sizes", "1,x"], "expected comma-separated integers"),
+    (["--rounds", "five"], "invalid int value: 'five'"),
+])
+def test_bad_values_one_line_exit_2(args, message, small_idx, capsys):
+    argv = ["simulate", "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_corrupted_data_file_exit_1(tmp_path, capsys):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    assert main(["simulate", "--data", f"idx:{tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "train-images-idx3-ubyte" in err and len(err.splitlines()) == 1
+
+
+def test_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "fl_syft", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "simulate" in done.stdout
+
+
+def test_simulate_is_deterministic(small_idx, tmp_path):
+    for name in ("a", "b"):
+        assert main(["simulate", "--data", f"idx:{small_idx}", "--rounds", "2", "--local-iters", "2",
+                     "--partition", "dirichlet", "--sites", "3", "--out", str(tmp_path / name)]) == 0
+    a, b = (load_model(tmp_path / n / "model.npz") for n in ("a", "b"))
+    assert np.array_equal(a["coef"], b["coef"])

@@ -1,0 +1,85 @@
+import ast
+import inspect
+
+import numpy as np
+import pytest
+from conftest import synthetic_shard
+
+from fl_syft import experiment
+from fl_syft.experiment import ml_experiment
+
+ALLOWED_KEYS = {"coef", "intercept", "n_samples", "class_counts", "train_accuracy", "holdout_accuracy",
+                "global_accuracy", "seconds"}
+
+
+def test_runs_from_its_source_alone():
+    """PySyft ships the source: it must work with no module globals at all."""
+    namespace: dict = {}
+    exec(compile(inspect.getsource(ml_experiment), "<shipped>", "exec"), namespace)
+    result = namespace["ml_experiment"](synthetic_shard(200), {}, {"local_iters": 5})
+    assert result["coef"].shape == (10, 784)
+
+
+def test_module_has_no_top_level_imports():
+    tree = ast.parse(inspect.getsource(experiment))
+    assert not [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def test_returns_only_aggregates():
+    shard = synthetic_shard(300)
+    result = ml_experiment(shard, {}, {})
+    assert set(result) == ALLOWED_KEYS
+    assert result["coef"].shape == (10, 784) and result["coef"].dtype == np.float64
+    assert result["intercept"].shape == (10,)
+    assert result["n_samples"] == 285  # 5% held out by default
+    assert result["global_accuracy"] is None  # cold start: no received model to score
+    for key, value in result.items():
+        assert np.size(value) <= 10 * 784 and not (np.ndim(value) == 2 and value.shape[1] == 785), key
+
+
+def test_warm_start_starts_from_the_given_coefficients():
+    shard = synthetic_shard(400)
+    converged = ml_experiment(shard, {}, {"local_iters": 300, "holdout": 0})
+    params = {"coef": converged["coef"], "intercept": converged["intercept"]}
+    warm = ml_experiment(shard, params, {"local_iters": 1, "holdout": 0})
+    cold = ml_experiment(shard, {}, {"local_iters": 1, "holdout": 0})
+    assert np.abs(warm["coef"] - params["coef"]).max() < 0.05 * np.abs(params["coef"]).max()
+    assert np.abs(cold["coef"] - params["coef"]).max() > 0.5 * np.abs(params["coef"]).max()
+    assert not np.allclose(warm["coef"], cold["coef"])
+
+
+def test_scores_received_model_on_holdout():
+    shard = synthetic_shard(400)
+    first = ml_experiment(shard, {}, {"local_iters": 50})
+    second = ml_experiment(shard, {"coef": first["coef"], "intercept": first["intercept"]}, {})
+    assert second["global_accuracy"] == pytest.approx(first["holdout_accuracy"])
+
+
+def test_settings_come_from_config():
+    shard = synthetic_shard(300)
+    strong = ml_experiment(shard, {}, {"C": 0.001, "local_iters": 50})
+    weak = ml_experiment(shard, {}, {"C": 100.0, "local_iters": 50})
+    assert np.linalg.norm(strong["coef"]) < np.linalg.norm(weak["coef"])
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown config keys \['max_iter'\]"):
+        ml_experiment(synthetic_shard(100), {}, {"max_iter": 5})
+
+
+def test_missing_classes_keep_the_received_rows():
+    shard = synthetic_shard(300, classes=6)  # labels 0..5 only
+    received = {"coef": np.full((10, 784), 0.01), "intercept": np.arange(10.0)}
+    result = ml_experiment(shard, received, {})
+    assert np.array_equal(result["coef"][6:], received["coef"][6:])
+    assert np.array_equal(result["intercept"][6:], received["intercept"][6:])
+    assert not np.allclose(result["coef"][:6], received["coef"][:6])
+    assert list(result["class_counts"][6:]) == [0, 0, 0, 0]
+
+
+def test_two_classes_map_back_to_their_rows():
+    shard = synthetic_shard(200, classes=2)
+    result = ml_experiment(shard, {}, {"local_iters": 50})
+    X, y = shard[:, :784] / 255.0, shard[:, 784]
+    pred = np.argmax(X @ result["coef"].T + result["intercept"], axis=1)
+    assert np.mean(pred == y) > 0.95
