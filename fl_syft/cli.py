@@ -10,6 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fl_syft.data import DataError
+from fl_syft.fedavg import SiteResultError
+from fl_syft.launch import LaunchError
+from fl_syft.orchestrator import OrchestratorError
 from fl_syft.partition import KINDS, PartitionSpec
 from fl_syft.training import TrainConfig
 
@@ -73,23 +76,58 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        holdout=args.holdout, seed=args.seed)
 
 
+def add_site_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("datasites")
+    g.add_argument("--base-port", type=int, default=54879, help="port of site-1; site-N gets base+N-1")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    g.add_argument("--state-dir", type=Path, default=Path(".fl-syft"), help="datasite state (default .fl-syft/)")
+    g.add_argument("--keep", action="store_true", help="reuse existing datasite state instead of starting fresh")
+
+
+def add_connect_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--connection", type=Path, default=Path(".fl-syft/datasites.json"),
+                   help="the launcher's connection file (default .fl-syft/datasites.json)")
+    g.add_argument("--datasite", action="append", default=[], metavar="URL",
+                   help="explicit datasite address, e.g. http://10.0.0.5:8080 (repeat; overrides --connection)")
+    g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")
+    g.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fl-syft", description="Federated logistic regression on MNIST over PySyft.")
     parser.add_argument("--verbose", action="store_true", help="show library (PySyft) logs too")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     p = sub.add_parser("simulate", help="run the federated rounds in-process (no PySyft)")
     add_partition_args(p)
     add_training_args(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("launch", help="start the local datasites (data owner side) until Ctrl-C")
+    add_partition_args(p)
+    add_site_args(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
+    add_connect_args(p)
+    p.add_argument("--data", type=_data_source, default="embedded", help="source of the public test set")
+    add_training_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="launch datasites, train over PySyft, write outputs, shut down")
+    add_partition_args(p)
+    add_site_args(p)
+    add_training_args(p)
+    p.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fl_syft.data import load_mnist
     from fl_syft.partition import make_shards
-    from fl_syft.report import write_outputs
     from fl_syft.simulate import local_sites
-    from fl_syft.training import train
 
     cfg, spec = _checked(args)
     mnist = load_mnist(args.data)
@@ -98,29 +136,90 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     log.info("simulating %d sites (%s), %d rounds x %d local iterations",
              len(sites), spec.kind, cfg.rounds, cfg.local_iters)
     config = {"command": "simulate", "data": args.data, "partition": asdict(spec), "training": cfg.to_dict()}
+    return _train_and_report(sites, cfg, mnist, config, args.out)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from fl_syft.launch import Deployment, print_table
+
+    _, spec = _checked(args, training=False)
+    with Deployment(_launch_options(args, spec)) as deployment:
+        table = deployment.start()
+        print_table(table, deployment.connection_file)
+        log.info("datasites ready; Ctrl-C stops them")
+        deployment.serve_forever()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fl_syft.data import load_mnist
+    from fl_syft.orchestrator import connect, ds_password, read_connection, url_address
+
+    cfg = train_config(args)
+    _check(cfg.check)
+    if args.datasite:
+        addresses = [_check(url_address, url, args.email) for url in args.datasite]
+        password = ds_password(None)
+    else:
+        addresses, password = read_connection(args.connection), ds_password(args.connection)
+    mnist = load_mnist(args.data)
+    sites = connect(addresses, password, args.approval_timeout)
+    config = {"command": "run", "data": args.data, "datasites": [asdict(a) for a in addresses],
+              "training": cfg.to_dict()}
+    return _train_and_report(sites, cfg, mnist, config, args.out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fl_syft.data import load_mnist
+    from fl_syft.launch import Deployment, print_table
+    from fl_syft.orchestrator import connect, ds_password, read_connection
+
+    cfg, spec = _checked(args)
+    mnist = load_mnist(args.data)
+    _check(spec.check, len(mnist.y_train))
+    with Deployment(_launch_options(args, spec)) as deployment:
+        print_table(deployment.start(), deployment.connection_file)
+        addresses = read_connection(deployment.connection_file)
+        sites = connect(addresses, ds_password(deployment.connection_file), args.approval_timeout)
+        config = {"command": "demo", "data": args.data, "partition": asdict(spec), "training": cfg.to_dict(),
+                  "datasites": [asdict(a) for a in addresses]}
+        return _train_and_report(sites, cfg, mnist, config, args.out)
+
+
+def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
+    from fl_syft.launch import LaunchOptions
+
+    return LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
+                         state_dir=args.state_dir, keep=args.keep, verbose=args.verbose)
+
+
+def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None) -> int:
+    from fl_syft.report import write_outputs
+    from fl_syft.training import train
 
     def save(params: dict, history: list[dict]) -> None:
-        if args.out:
-            write_outputs(args.out, config, history, params)
+        if out:
+            write_outputs(out, config, history, params)
 
     _, history = train(sites, cfg, mnist.X_test, mnist.y_test, on_round=save)
     final = history[-1]
     log.info("final global test accuracy %.2f%% after %d rounds%s", 100 * final["global_test_accuracy"],
-             final["round"], f"; outputs in {args.out}" if args.out else "")
+             final["round"], f"; outputs in {out}" if out else "")
     return 0
 
 
-def _checked(args: argparse.Namespace) -> tuple[TrainConfig, PartitionSpec]:
-    cfg, spec = train_config(args), partition_spec(args)
-    _check(cfg.check)
+def _checked(args: argparse.Namespace, training: bool = True) -> tuple[TrainConfig | None, PartitionSpec]:
+    cfg, spec = (train_config(args) if training else None), partition_spec(args)
+    if cfg:
+        _check(cfg.check)
     _check(spec.check, sys.maxsize)  # row-count limits are checked again once the data is loaded
     return cfg, spec
 
 
-def _check(check, *args) -> None:
-    """Run a ``check`` method; its ValueError is a bad command-line value."""
+def _check(check, *args):
+    """Run a ``check``; its ValueError is a bad command-line value."""
     try:
-        check(*args)
+        return check(*args)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -137,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DataError as e:
         print(f"fl-syft: data error: {e}", file=sys.stderr)
+        return 1
+    except (LaunchError, OrchestratorError, SiteResultError) as e:
+        print(f"fl-syft: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fl-syft: interrupted", file=sys.stderr)

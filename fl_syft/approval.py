@@ -1,0 +1,155 @@
+"""Auto-approval of code requests on a datasite (data owner side).
+
+A request is approved only if its code is one of the vetted functions in
+``fl_syft.experiment``, compared by a fingerprint of the source (the function's AST with
+decorators removed: formatting and comments do not matter, everything else does), and its
+inputs are exactly this site's asset plus the function's declared plain arguments.
+Everything else is denied with a reason the data scientist can read. Every decision is
+appended to an audit log (JSON lines).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_syft import experiment
+
+log = logging.getLogger("fl_syft.approval")
+
+# name -> the function; its first argument is the asset, the rest are plain dicts.
+VETTED: dict[str, Callable] = {"ml_experiment": experiment.ml_experiment}
+
+
+def fingerprint(source: str) -> str:
+    """SHA-256 of the single function defined in ``source``, decorators stripped.
+
+    Raises ValueError if ``source`` is not exactly one function definition.
+    """
+    tree = ast.parse(source)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        raise ValueError("code must be exactly one function definition")
+    tree.body[0].decorator_list = []
+    return hashlib.sha256(ast.dump(tree.body[0], include_attributes=False).encode()).hexdigest()
+
+
+def vetted_fingerprints() -> dict[str, str]:
+    """name -> fingerprint of the data owner's own installed copy."""
+    return {name: fingerprint(inspect.getsource(fn)) for name, fn in VETTED.items()}
+
+
+@dataclass(frozen=True)
+class Decision:
+    approve: bool
+    reason: str
+    function: str
+    fingerprint: str
+
+
+def decide(func_name: str, raw_code: str, input_kwargs: dict, asset_id: str,
+           vetted: dict[str, str]) -> Decision:
+    """Judge one code request.
+
+    ``input_kwargs``: argument name -> ("asset", action id) or ("plain", type name), as read
+    from the request's input policy; ``asset_id``: this site's asset action id.
+    """
+    try:
+        fp = fingerprint(raw_code)
+    except (SyntaxError, ValueError) as e:
+        return Decision(False, f"denied: not a single function definition ({e})", func_name, "")
+    if func_name not in vetted:
+        return Decision(False, f"denied: {func_name!r} is not on this site's allow-list "
+                               f"({', '.join(sorted(vetted))})", func_name, fp)
+    if fp != vetted[func_name]:
+        return Decision(False, f"denied: {func_name!r} differs from the vetted fl_syft version "
+                               "(submit fl_syft.experiment.%s unchanged)" % func_name, func_name, fp)
+    params = list(inspect.signature(VETTED[func_name]).parameters)
+    expected = {params[0]: ("asset", asset_id), **{p: ("plain", "dict") for p in params[1:]}}
+    if input_kwargs != expected:
+        return Decision(False, f"denied: inputs must be {params[0]}=<this site's asset> and "
+                               f"{', '.join(params[1:])} as dicts; got {_describe(input_kwargs)}",
+                        func_name, fp)
+    return Decision(True, "approved: vetted function on this site's asset", func_name, fp)
+
+
+def _describe(kwargs: dict) -> str:
+    return ", ".join(f"{k}={kind}" for k, (kind, _) in sorted(kwargs.items())) or "no inputs"
+
+
+def read_inputs(code) -> dict:
+    """A UserCode's input policy as name -> ("asset", uid) | ("plain", type) | ("other", repr)."""
+    rules: dict = {}
+    for per_server in (code.input_policy_init_kwargs or {}).values():
+        for name, rule in per_server.items():
+            kind = type(rule).__name__
+            if kind == "Matches":
+                rules[name] = ("asset", str(rule.val))
+            elif kind == "UserOwned":
+                rules[name] = ("plain", getattr(rule.type, "__name__", str(rule.type)))
+            else:
+                rules[name] = ("other", kind)
+    from syft.service.policy.policy import MixedInputPolicy
+
+    if code.input_policy_type is not MixedInputPolicy:  # e.g. a custom policy class
+        rules["<policy>"] = ("other", getattr(code.input_policy_type, "__name__", "custom"))
+    return rules
+
+
+class Approver:
+    """Polls a datasite's pending requests and decides each one (runs in the site process)."""
+
+    def __init__(self, root_client, site: str, audit_path: Path, poll_seconds: float = 0.1):
+        self.client, self.site, self.audit_path = root_client, site, audit_path
+        self.poll_seconds = poll_seconds
+        self.vetted = vetted_fingerprints()
+        self.asset_id = str(root_client.datasets[0].assets[0].action_id)
+        self._lock = threading.Lock()
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                self.poll_once()
+            except Exception as e:  # keep approving after a transient failure
+                log.error("%s: approver error: %s", self.site, e)
+            time.sleep(self.poll_seconds)
+
+    def poll_once(self) -> int:
+        """Decide every pending request; return how many were decided."""
+        pending = self.client.requests.get_all_pending()
+        for request in pending:
+            self.handle(request)
+        return len(pending)
+
+    def handle(self, request) -> Decision:
+        code = request.code
+        decision = decide(code.service_func_name, code.raw_code, read_inputs(code), self.asset_id,
+                          self.vetted)
+        if decision.approve:
+            request.approve(disable_warnings=True)
+        else:
+            request.deny(reason=decision.reason)
+        self.audit(request, decision)
+        return decision
+
+    def audit(self, request, decision: Decision) -> None:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "site": self.site,
+            "request_id": str(request.id),
+            "requester": str(getattr(request, "requesting_user_email", None) or request.requesting_user_verify_key),
+            "function": decision.function,
+            "fingerprint": decision.fingerprint,
+            "decision": "approved" if decision.approve else "denied",
+            "reason": decision.reason,
+        }
+        with self._lock, self.audit_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        log.info("%s: %s %s from %s", self.site, entry["decision"], decision.function, entry["requester"])

@@ -1,0 +1,201 @@
+"""One PySyft datasite in its own OS process (data owner side).
+
+``python -m fl_syft.datasite SPEC.json`` builds the datasite (its identity persisted in
+the site's state directory so ``--keep`` restarts with datasets, accounts and audit log),
+makes sure the data scientist's account and the private shard exist, starts the
+auto-approver, and serves the PySyft API with uvicorn until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("fl_syft.datasite")
+
+ASSET_NAME = "mnist-shard"
+MOCK_ROWS = 100
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Everything a site process needs; written by the launcher as ``spec.json`` (0600)."""
+
+    name: str
+    host: str
+    port: int
+    state_dir: str  # this site's own directory
+    admin_email: str
+    admin_password: str
+    ds_email: str
+    ds_password: str
+    fresh: bool = True  # wipe earlier state (the launcher's default; --keep sets False)
+    db_url: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.state_dir)
+
+    def save(self, path: Path) -> None:
+        write_private(path, json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> SiteSpec:
+        return cls(**json.loads(path.read_text()))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable only by its owner (mode 0600 from creation, no window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def synthetic_mock(n_rows: int = MOCK_ROWS, seed: int = 0) -> np.ndarray:
+    """(n_rows, 785) uint8: uniform random pixels and labels 0..9 each present.
+
+    Never derived from real rows; small because PySyft runs every call on the mock too,
+    but valid for ``ml_experiment`` (all 10 classes, so a warm start fits).
+    """
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n_rows, 784), dtype=np.uint8)
+    labels = rng.permutation(np.arange(n_rows) % 10).astype(np.uint8)
+    return np.column_stack([pixels, labels])
+
+
+def identity(site_dir: Path, fresh: bool) -> tuple[str, str]:
+    """(server uid hex, signing key hex), kept in ``identity.json`` (0600) for restarts."""
+    path = site_dir / "identity.json"
+    if path.exists() and not fresh:
+        saved = json.loads(path.read_text())
+        return saved["server_uid"], saved["signing_key"]
+    from syft.server.credentials import SyftSigningKey
+    from syft.types.uid import UID
+
+    uid, key = UID().no_dash, str(SyftSigningKey.generate())
+    write_private(path, json.dumps({"server_uid": uid, "signing_key": key}))
+    return uid, key
+
+
+def build_server(spec: SiteSpec):
+    """The Datasite object, with our admin credentials from the start (never the default)."""
+    os.environ["SYFT_TEMP_ROOT"] = str(spec.dir / "syft")  # db and blobs inside the state dir
+    # Keep shards in the database instead of blob files: ~3x faster calls (see notes).
+    os.environ.setdefault("MIN_SIZE_BLOB_STORAGE_MB", "500")
+    uid, key = identity(spec.dir, spec.fresh)
+    from syft.server.credentials import SyftSigningKey
+    from syft.server.datasite import Datasite
+    from syft.types.uid import UID
+
+    return Datasite(
+        name=spec.name, id=UID(uid), signing_key=SyftSigningKey.from_string(key),
+        root_email=spec.admin_email, root_password=spec.admin_password,
+        reset=spec.fresh, db_url=spec.db_url, dev_mode=False, enable_warnings=False,
+    )
+
+
+def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -> int:
+    """Create the scientist's account and upload the shard unless present; return rows held."""
+    import syft as sy
+
+    root = server.root_client
+    if not any(u.email == spec.ds_email for u in root.users.get_all()):
+        root.users.create(name="Data Scientist", email=spec.ds_email, password=spec.ds_password,
+                          password_verify=spec.ds_password, institution="fl-syft")
+        log.info("%s: created data scientist account %s", spec.name, spec.ds_email)
+    existing = [d for d in root.datasets.get_all() if d.name == dataset_name(spec.name)]
+    if existing:
+        return int(existing[0].assets[ASSET_NAME].shape[0])
+    if shard is None:
+        raise RuntimeError(f"{spec.name}: no dataset in the kept state and no shard to upload; "
+                           "start without --keep")
+    dataset = sy.Dataset(
+        name=dataset_name(spec.name),
+        description=(f"Private MNIST shard of {spec.name}: {len(shard)} rows x 785 uint8 columns "
+                     "(784 pixels 0..255, then the label 0..9). The mock is synthetic noise."),
+    )
+    dataset.add_asset(sy.Asset(name=ASSET_NAME, data=shard, mock=synthetic_mock(seed=spec.port)))
+    root.upload_dataset(dataset)
+    log.info("%s: uploaded %d rows", spec.name, len(shard))
+    return len(shard)
+
+
+def dataset_name(site: str) -> str:
+    return f"mnist-{site}"
+
+
+def serve(spec: SiteSpec) -> None:
+    """Build, prepare and serve one datasite until SIGTERM/SIGINT (blocking)."""
+    shard_path = spec.dir / "shard.npy"
+    shard = np.load(shard_path) if shard_path.exists() else None
+    server = build_server(spec)
+    rows = ensure_accounts_and_data(server, spec, shard)
+    shard_path.unlink(missing_ok=True)  # the datasite holds it now; no second copy on disk
+    del shard
+
+    from fl_syft.approval import Approver
+
+    approver = Approver(server.root_client, spec.name, spec.dir / "audit.jsonl")
+    threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
+    _exit_with_parent()
+    write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid()}))
+    log.info("%s: serving %d rows on http://%s:%d", spec.name, rows, spec.host, spec.port)
+    _run_uvicorn(server, spec.host, spec.port)
+
+
+def _run_uvicorn(server, host: str, port: int) -> None:
+    import uvicorn
+    from fastapi import APIRouter, FastAPI
+    from syft.server.routes import make_routes
+
+    app = FastAPI(title=server.name)
+    router = APIRouter()
+    router.include_router(make_routes(worker=server))
+    app.include_router(router, prefix="/api/v2")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(config).run()  # handles SIGTERM/SIGINT: finish requests, then return
+    server.stop()
+
+
+def _exit_with_parent() -> None:
+    """If the launcher dies without stopping us (kill -9), stop too: never orphan a port."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("launcher process is gone; stopping")
+        os.kill(os.getpid(), 15)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = SiteSpec.load(Path(argv[0]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
+    verbose = os.environ.get("FL_SYFT_VERBOSE") == "1"
+    for noisy in ("syft", "uvicorn", "itables", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    if verbose:  # the real traceback of a failing user function (PySyft hides it)
+        logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one core per site: sites run side by side
+    serve(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Start and stop the local datasites (data owner side): ``python launch_datasites.py``.
+
+Each site runs ``python -m fl_syft.datasite`` in its own process (a crash of one leaves
+the others up). The connection file ``<state-dir>/datasites.json`` is written only once
+every site answers, so its presence means "ready"; it is removed on shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fl_syft.datasite import SiteSpec, write_private
+from fl_syft.partition import PartitionSpec
+
+log = logging.getLogger("fl_syft.launch")
+
+ADMIN_EMAIL = "owner@fl-syft.example.com"
+DS_EMAIL = "scientist@fl-syft.example.com"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+START_TIMEOUT = 180.0
+
+
+class LaunchError(Exception):
+    """The datasites cannot be started; the message says why and what to do."""
+
+
+@dataclass
+class LaunchOptions:
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    data: str = "embedded"
+    base_port: int = 54879
+    host: str = "127.0.0.1"
+    state_dir: Path = Path(".fl-syft")
+    keep: bool = False
+    db_url: str | None = None  # PostgreSQL URL prefix; one database per site is derived
+    verbose: bool = False
+
+    def names(self) -> list[str]:
+        return [f"site-{i}" for i in range(1, self.partition.n_sites + 1)]
+
+
+class Deployment:
+    """The local datasites of one launch; as a context manager, always stopped on exit."""
+
+    def __init__(self, opts: LaunchOptions):
+        self.opts = opts
+        self.state = Path(opts.state_dir).resolve()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.specs: dict[str, SiteSpec] = {}
+
+    @property
+    def connection_file(self) -> Path:
+        return self.state / "datasites.json"
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> list[dict]:
+        """Start every site, wait until all answer, write the connection file; return the table."""
+        opts, names = self.opts, self.opts.names()
+        if opts.host not in LOOPBACK:
+            log.warning("binding to %s: the datasites are reachable from other machines", opts.host)
+        ports = [opts.base_port + i for i in range(len(names))]
+        for port in ports:
+            check_port_free(opts.host, port)
+        self.connection_file.unlink(missing_ok=True)
+        pw = resolve_secrets(self.state, opts.keep)
+        shards = None if opts.keep else self._shards()
+        for i, (name, port) in enumerate(zip(names, ports, strict=True)):
+            site_dir = self.state / name
+            if opts.keep and not (site_dir / "identity.json").exists():
+                raise LaunchError(f"--keep: no saved state for {name} in {site_dir}; start once without --keep")
+            if not opts.keep:
+                shutil.rmtree(site_dir, ignore_errors=True)
+                _save_private_npy(site_dir / "shard.npy", shards[i])
+            spec = SiteSpec(name=name, host=opts.host, port=port, state_dir=str(site_dir),
+                            admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
+                            ds_password=pw["ds_password"], fresh=not opts.keep,
+                            db_url=f"{opts.db_url}_{name.replace('-', '_')}" if opts.db_url else None)
+            self.specs[name] = spec
+            (site_dir / "status.json").unlink(missing_ok=True)
+            spec.save(site_dir / "spec.json")
+            self.procs[name] = self._spawn(spec)
+        try:
+            table = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        write_private(self.connection_file, json.dumps({"datasites": [
+            {"name": s.name, "url": f"http://{_client_host(s.host)}", "port": s.port, "ds_email": s.ds_email}
+            for s in self.specs.values()]}, indent=2))
+        return table
+
+    def _shards(self) -> list[np.ndarray]:
+        from fl_syft.data import load_mnist
+        from fl_syft.partition import make_shards
+
+        mnist = load_mnist(self.opts.data)
+        self.opts.partition.check(len(mnist.y_train))
+        return make_shards(mnist.X_train, mnist.y_train, self.opts.partition)
+
+    def _spawn(self, spec: SiteSpec) -> subprocess.Popen:
+        env = {**os.environ, "FL_SYFT_VERBOSE": "1" if self.opts.verbose else "0", "TQDM_DISABLE": "1"}
+        out = (spec.dir / "site.log").open("a")
+        # Own session: a terminal Ctrl-C reaches only the launcher, which stops sites in order.
+        return subprocess.Popen([sys.executable, "-m", "fl_syft.datasite", str(spec.dir / "spec.json")],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def _wait_ready(self) -> list[dict]:
+        table, deadline = [], time.monotonic() + START_TIMEOUT
+        with tqdm(total=len(self.specs), desc="starting datasites", unit="site", leave=False) as bar:
+            for name, spec in self.specs.items():
+                while not _answers(spec):
+                    code = self.procs[name].poll()
+                    if code is not None:
+                        raise LaunchError(f"{name} exited during start-up (code {code}): "
+                                          f"{_last_line(spec.dir / 'site.log')} (log: {spec.dir / 'site.log'})")
+                    if time.monotonic() > deadline:
+                        raise LaunchError(f"{name} did not answer within {START_TIMEOUT:.0f} s; "
+                                          f"see {spec.dir / 'site.log'}")
+                    time.sleep(0.2)
+                rows = json.loads((spec.dir / "status.json").read_text())["rows"]
+                table.append({"name": name, "url": f"http://{spec.host}:{spec.port}", "rows": rows})
+                bar.update()
+        return table
+
+    def stop(self) -> None:
+        """SIGTERM every site, wait for it (SIGKILL after 15 s), remove the connection file."""
+        self.connection_file.unlink(missing_ok=True)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 15 s; killing it", name)
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def serve_forever(self) -> None:
+        """Block until SIGINT/SIGTERM, reporting any site that stops on its own."""
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        reported: set[str] = set()
+        try:
+            while True:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None and name not in reported:
+                        reported.add(name)
+                        log.error("%s stopped unexpectedly (exit code %s); the other sites keep running; "
+                                  "log: %s", name, proc.returncode, self.specs[name].dir / "site.log")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            log.info("stopping datasites")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise LaunchError if ``port`` cannot be bound on ``host`` (PySyft would not notice)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise LaunchError(f"port {port} on {host} is already in use ({e.strerror}): stop what runs "
+                              "there or choose another --base-port") from None
+
+
+def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:
+    """Passwords from FL_SYFT_ADMIN_PASSWORD / FL_SYFT_DS_PASSWORD, else kept (with --keep)
+    or newly generated; written to ``<state>/secrets.json`` (0600)."""
+    path = state / "secrets.json"
+    saved = json.loads(path.read_text()) if keep and path.exists() else {}
+    values = {
+        "admin_password": os.environ.get("FL_SYFT_ADMIN_PASSWORD") or saved.get("admin_password")
+        or secrets.token_urlsafe(18),
+        "ds_password": os.environ.get("FL_SYFT_DS_PASSWORD") or saved.get("ds_password")
+        or secrets.token_urlsafe(18),
+    }
+    write_private(path, json.dumps(values, indent=2))
+    return values
+
+
+def _save_private_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+
+
+def _answers(spec: SiteSpec) -> bool:
+    """True once the site's status file exists and its API reports the expected name."""
+    if not (spec.dir / "status.json").exists():
+        return False
+    try:
+        url = f"http://{_client_host(spec.host)}:{spec.port}/api/v2/metadata"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            name = json.load(r).get("name")
+    except (OSError, ValueError):
+        return False
+    if name != spec.name:
+        raise LaunchError(f"port {spec.port} answers as {name!r}, not {spec.name!r}: another server took it")
+    return True
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def print_table(rows: list[dict], connection_file: Path) -> None:
+    width = max(len(r["url"]) for r in rows)
+    print(f"{'name':<10} {'url':<{width}} {'rows':>7}")
+    for r in rows:
+        print(f"{r['name']:<10} {r['url']:<{width}} {r['rows']:>7}")
+    print(f"connection file: {connection_file}")

@@ -1,0 +1,177 @@
+"""The data scientist's side: connect to datasites, get the vetted function approved, call it.
+
+Works with the launcher's connection file or with explicit addresses of datasites
+anywhere (a PySyft 0.9.5 datasite on another machine is used the same way). Only what
+``ml_experiment`` returns ever reaches this side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_syft.experiment import ml_experiment
+
+log = logging.getLogger("fl_syft.orchestrator")
+
+DS_PASSWORD_ENV = "FL_SYFT_DS_PASSWORD"
+
+
+class OrchestratorError(Exception):
+    """A datasite cannot be used; the message names the site and what to do."""
+
+
+@dataclass(frozen=True)
+class SiteAddress:
+    name: str  # "" = accept whatever name the server reports
+    url: str  # e.g. http://127.0.0.1
+    port: int
+    email: str
+
+
+def read_connection(path: Path) -> list[SiteAddress]:
+    """Site addresses from the launcher's ``datasites.json``."""
+    if not path.exists():
+        raise OrchestratorError(f"connection file {path} not found: start the datasites first "
+                                "(python launch_datasites.py) or pass --connection")
+    try:
+        doc = json.loads(path.read_text())
+        sites = [SiteAddress(s["name"], s["url"], int(s["port"]), s["ds_email"]) for s in doc["datasites"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise OrchestratorError(f"connection file {path} is malformed ({type(e).__name__}: {e}); "
+                                "restart the launcher to rewrite it") from None
+    if not sites:
+        raise OrchestratorError(f"connection file {path} lists no datasites")
+    return sites
+
+
+def url_address(url: str, email: str) -> SiteAddress:
+    """A SiteAddress for ``http://HOST:PORT`` (the site's name is taken from the server)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        raise ValueError(f"--datasite {url!r} must look like http://HOST:PORT")
+    return SiteAddress(name="", url=f"{parts.scheme}://{parts.hostname}", port=port, email=email)
+
+
+def ds_password(connection_file: Path | None) -> str:
+    """The scientist's password: $FL_SYFT_DS_PASSWORD, else secrets.json beside the connection file."""
+    if os.environ.get(DS_PASSWORD_ENV):
+        return os.environ[DS_PASSWORD_ENV]
+    secrets = connection_file.parent / "secrets.json" if connection_file else None
+    if secrets and secrets.exists():
+        return json.loads(secrets.read_text())["ds_password"]
+    raise OrchestratorError(f"no password: set {DS_PASSWORD_ENV} (or keep secrets.json beside the connection file)")
+
+
+def quiet() -> contextlib.AbstractContextManager:
+    """Swallow PySyft's printed banners (SyftSuccess, 'Logged into ...') unless verbose."""
+    if logging.getLogger("fl_syft").isEnabledFor(logging.DEBUG):
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class SyftSite:
+    """One datasite as a federated site: ``fit`` runs the approved ``ml_experiment`` there."""
+
+    def __init__(self, address: SiteAddress, password: str):
+        self.address = address
+        self.client = _login(address, password)
+        self.name = self.client.name
+        datasets = self.client.datasets.get_all()
+        if not datasets:
+            raise OrchestratorError(f"{self.name}: the datasite holds no dataset; restart the launcher")
+        self.asset = datasets[0].assets[0]
+
+    def request_approval(self, timeout: float = 60.0) -> None:
+        """Submit ``ml_experiment`` (or reuse an earlier request) and wait for the owner's decision."""
+        import syft as sy
+
+        request = self._request()
+        if request is None:
+            policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
+            with quiet():
+                fn = sy.syft_function(input_policy=policy)(ml_experiment)
+                self.client.code.request_code_execution(fn)
+        deadline = time.monotonic() + timeout
+        while True:
+            request = self._request()
+            status = str(request.status).rsplit(".", 1)[-1] if request else "PENDING"
+            if status == "APPROVED":
+                return
+            if status == "REJECTED":
+                raise OrchestratorError(f"{self.name} denied ml_experiment: {request.deny_reason}")
+            if time.monotonic() > deadline:
+                raise OrchestratorError(f"{self.name}: no decision on ml_experiment within {timeout:.0f} s; "
+                                        "is the data owner's approver running?")
+            time.sleep(0.1)
+
+    def _request(self):
+        mine = [r for r in self.client.requests.get_all() if r.code.service_func_name == "ml_experiment"]
+        return mine[-1] if mine else None
+
+    def fit(self, global_params: dict, config: dict) -> dict:
+        """Run ``ml_experiment`` on this site's private shard; returns its result dict."""
+        from syft.types.errors import SyftException
+
+        try:
+            with quiet():
+                pointer = self.client.code.ml_experiment(data=self.asset, global_params=global_params,
+                                                         config=config)
+                result = pointer.get()
+        except SyftException as e:
+            raise OrchestratorError(f"{self.name}: ml_experiment failed: {_first_line(e)}") from None
+        except OSError as e:
+            raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
+                                    f"({e.__class__.__name__}); is the datasite still running?") from None
+        return result
+
+
+def _login(address: SiteAddress, password: str):
+    import requests
+    import syft as sy
+    from syft.types.errors import SyftException
+
+    where = f"{address.url}:{address.port}"
+    try:
+        with quiet():
+            client = sy.login(url=address.url, port=address.port, email=address.email, password=password)
+    except requests.exceptions.ConnectionError:
+        raise OrchestratorError(f"cannot reach {address.name} at {where}: is the datasite running "
+                                "(python launch_datasites.py) and the URL/port right?") from None
+    except SyftException as e:
+        message = _first_line(e)
+        if "password" in message.lower() or "credentials" in message.lower() or "email" in message.lower():
+            raise OrchestratorError(f"login to {address.name} at {where} failed for {address.email}: wrong email "
+                                    f"or password (set {DS_PASSWORD_ENV})") from None
+        raise OrchestratorError(f"login to {address.name} at {where} failed: {message}") from None
+    if address.name and client.name != address.name:
+        raise OrchestratorError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
+    return client
+
+
+def _first_line(e: BaseException) -> str:
+    text = getattr(e, "public_message", None) or str(e) or type(e).__name__
+    return " ".join(text.split())[:400]
+
+
+def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0) -> list[SyftSite]:
+    """Log into every site and get ``ml_experiment`` approved on each."""
+    sites = []
+    for address in addresses:
+        site = SyftSite(address, password)
+        site.request_approval(approval_timeout)
+        log.info("%s: ml_experiment approved", site.name)
+        sites.append(site)
+    return sites
