@@ -10,9 +10,9 @@ appended to an audit log (JSON lines).
 
 from __future__ import annotations
 
-import ast
-import hashlib
+import contextlib
 import inspect
+import io
 import json
 import logging
 import threading
@@ -22,23 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_syft import experiment
+from fl_syft.experiment import fingerprint
 
 log = logging.getLogger("fl_syft.approval")
 
 # name -> the function; its first argument is the asset, the rest are plain dicts.
 VETTED: dict[str, Callable] = {"ml_experiment": experiment.ml_experiment}
-
-
-def fingerprint(source: str) -> str:
-    """SHA-256 of the single function defined in ``source``, decorators stripped.
-
-    Raises ValueError if ``source`` is not exactly one function definition.
-    """
-    tree = ast.parse(source)
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
-        raise ValueError("code must be exactly one function definition")
-    tree.body[0].decorator_list = []
-    return hashlib.sha256(ast.dump(tree.body[0], include_attributes=False).encode()).hexdigest()
 
 
 def vetted_fingerprints() -> dict[str, str]:
@@ -132,10 +121,11 @@ class Approver:
         code = request.code
         decision = decide(code.service_func_name, code.raw_code, read_inputs(code), self.asset_id,
                           self.vetted)
-        if decision.approve:
-            request.approve(disable_warnings=True)
-        else:
-            request.deny(reason=decision.reason)
+        with contextlib.redirect_stdout(io.StringIO()):  # PySyft prints a banner per decision
+            if decision.approve:
+                request.approve(disable_warnings=True)
+            else:
+                request.deny(reason=decision.reason)
         self.audit(request, decision)
         return decision
 
@@ -144,7 +134,7 @@ class Approver:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "site": self.site,
             "request_id": str(request.id),
-            "requester": str(getattr(request, "requesting_user_email", None) or request.requesting_user_verify_key),
+            "requester": str(request.requesting_user_email or request.requesting_user_verify_key),
             "function": decision.function,
             "fingerprint": decision.fingerprint,
             "decision": "approved" if decision.approve else "denied",

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = SiteSpec.load(Path(argv[0]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
+    logging.getLogger("fl_syft").setLevel(logging.INFO)
     verbose = os.environ.get("FL_SYFT_VERBOSE") == "1"
     for noisy in ("syft", "uvicorn", "itables", "httpx"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)

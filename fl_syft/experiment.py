@@ -91,3 +91,22 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         "global_accuracy": global_accuracy,
         "seconds": time.perf_counter() - started,
     }
+
+
+def fingerprint(source: str) -> str:
+    """SHA-256 identifying the one function defined in ``source``, decorators stripped.
+
+    Hashes the AST, so formatting and comments do not matter and everything else
+    (docstring included) does. Raises ValueError unless ``source`` is exactly one function.
+    Used by the data owner to recognise a vetted function and by the data scientist to
+    find their own request for it.
+    """
+    import ast
+    import hashlib
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(source))
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        raise ValueError("code must be exactly one function definition")
+    tree.body[0].decorator_list = []
+    return hashlib.sha256(ast.dump(tree.body[0], include_attributes=False).encode()).hexdigest()

@@ -8,6 +8,7 @@ anywhere (a PySyft 0.9.5 datasite on another machine is used the same way). Only
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_syft.experiment import ml_experiment
+from fl_syft.experiment import fingerprint, ml_experiment
 
 log = logging.getLogger("fl_syft.orchestrator")
 
@@ -93,6 +94,7 @@ class SyftSite:
         if not datasets:
             raise OrchestratorError(f"{self.name}: the datasite holds no dataset; restart the launcher")
         self.asset = datasets[0].assets[0]
+        self._call = None  # the approved UserCode, bound by id (not by name: names can repeat)
 
     def request_approval(self, timeout: float = 60.0) -> None:
         """Submit ``ml_experiment`` (or reuse an earlier request) and wait for the owner's decision."""
@@ -109,6 +111,7 @@ class SyftSite:
             request = self._request()
             status = str(request.status).rsplit(".", 1)[-1] if request else "PENDING"
             if status == "APPROVED":
+                self._call = _bind_user_code(self.client, request.code)
                 return
             if status == "REJECTED":
                 raise OrchestratorError(f"{self.name} denied ml_experiment: {request.deny_reason}")
@@ -118,8 +121,13 @@ class SyftSite:
             time.sleep(0.1)
 
     def _request(self):
-        mine = [r for r in self.client.requests.get_all() if r.code.service_func_name == "ml_experiment"]
-        return mine[-1] if mine else None
+        """Our request for exactly the vetted ml_experiment (not an older, different version)."""
+        wanted = fingerprint(inspect.getsource(ml_experiment))
+        for request in reversed(self.client.requests.get_all()):
+            code = request.code
+            if code.service_func_name == "ml_experiment" and _fingerprint_or_none(code.raw_code) == wanted:
+                return request
+        return None
 
     def fit(self, global_params: dict, config: dict) -> dict:
         """Run ``ml_experiment`` on this site's private shard; returns its result dict."""
@@ -127,8 +135,7 @@ class SyftSite:
 
         try:
             with quiet():
-                pointer = self.client.code.ml_experiment(data=self.asset, global_params=global_params,
-                                                         config=config)
+                pointer = self._call(data=self.asset, global_params=global_params, config=config)
                 result = pointer.get()
         except SyftException as e:
             raise OrchestratorError(f"{self.name}: ml_experiment failed: {_first_line(e)}") from None
@@ -136,6 +143,24 @@ class SyftSite:
             raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
         return result
+
+
+def _bind_user_code(client, code):
+    """A callable for exactly this UserCode. ``client.code.<name>`` keeps one function per
+    name, so after an earlier (denied) function of the same name it could call the wrong one."""
+    from syft.client.api import generate_remote_function
+
+    api = client.api
+    return generate_remote_function(api, api.server_uid, code.signature, "code.call", api.make_call,
+                                    pre_kwargs={"uid": code.id}, warning=None,
+                                    communication_protocol=api.communication_protocol)
+
+
+def _fingerprint_or_none(source: str) -> str | None:
+    try:
+        return fingerprint(source)
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _login(address: SiteAddress, password: str):
@@ -152,7 +177,7 @@ def _login(address: SiteAddress, password: str):
                                 "(python launch_datasites.py) and the URL/port right?") from None
     except SyftException as e:
         message = _first_line(e)
-        if "password" in message.lower() or "credentials" in message.lower() or "email" in message.lower():
+        if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
             raise OrchestratorError(f"login to {address.name} at {where} failed for {address.email}: wrong email "
                                     f"or password (set {DS_PASSWORD_ENV})") from None
         raise OrchestratorError(f"login to {address.name} at {where} failed: {message}") from None

@@ -38,3 +38,21 @@ def synthetic_shard(n: int, seed: int = 0, classes: int = 10) -> np.ndarray:
     for c in range(classes):
         X[y == c, c * 70:(c + 1) * 70] += 150
     return np.column_stack([X, y]).astype(np.uint8)
+
+
+def free_base_port(n: int) -> int:
+    """A base port with ``n`` consecutive free loopback ports after it."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")

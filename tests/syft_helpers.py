@@ -1,0 +1,55 @@
+"""Helpers for tests that act as a plain PySyft user against real datasites."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import syft as sy
+
+
+def login(connection: Path, index: int = 0, email: str | None = None, password: str | None = None):
+    site = json.loads(connection.read_text())["datasites"][index]
+    secrets = json.loads((connection.parent / "secrets.json").read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        return sy.login(url=site["url"], port=site["port"], email=email or site["ds_email"],
+                        password=password or secrets["ds_password"])
+
+
+def submit(client, fn, **plain_args) -> None:
+    """Submit ``fn(data=<the site's asset>, **plain_args)`` as a code request."""
+    asset = client.datasets[0].assets[0]
+    policy = sy.MixedInputPolicy(client=client, data=asset, **plain_args)
+    with contextlib.redirect_stdout(io.StringIO()):
+        client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
+
+
+def wait_decision(client, func_name: str, timeout: float = 30.0):
+    """The newest request for ``func_name`` once it is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = [r for r in client.requests.get_all() if r.code.service_func_name == func_name]
+        if mine and "PENDING" not in str(mine[-1].status):
+            return mine[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no decision on {func_name} within {timeout} s")
+
+
+def function_from_source(source: str, name: str, folder: Path):
+    """Define ``name`` from ``source`` in a real module file (PySyft reads the source back)."""
+    import importlib.util
+
+    path = folder / f"mod_{abs(hash(source))}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def audit(connection: Path, site: str = "site-1") -> list[dict]:
+    path = connection.parent / site / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,218 @@
+"""Real PySyft datasites on loopback ports: launcher, approval, orchestrator, notebook."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import free_base_port
+from syft_helpers import audit, function_from_source, login, submit, wait_decision
+
+from fl_syft.cli import main
+from fl_syft.data import load_mnist
+from fl_syft.experiment import ml_experiment
+from fl_syft.launch import Deployment, LaunchOptions
+from fl_syft.orchestrator import connect, ds_password, read_connection
+from fl_syft.partition import PartitionSpec, make_shards
+from fl_syft.simulate import local_sites
+from fl_syft.training import TrainConfig, train
+
+pytestmark = pytest.mark.syft
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def deployment(small_idx, tmp_path_factory):
+    opts = LaunchOptions(partition=PartitionSpec(sites=2), data=f"idx:{small_idx}",
+                         base_port=free_base_port(2), state_dir=tmp_path_factory.mktemp("state"))
+    with Deployment(opts) as d:
+        d.table = d.start()
+        yield d
+
+
+@pytest.fixture(scope="module")
+def small(small_idx):
+    return load_mnist(f"idx:{small_idx}")
+
+
+def test_launcher_reports_sites_and_writes_private_files(deployment):
+    assert [r["name"] for r in deployment.table] == ["site-1", "site-2"]
+    assert sum(r["rows"] for r in deployment.table) == 3000
+    doc = json.loads(deployment.connection_file.read_text())
+    assert [s["port"] for s in doc["datasites"]] == [deployment.opts.base_port, deployment.opts.base_port + 1]
+    assert all(s["url"] == "http://127.0.0.1" for s in doc["datasites"])
+    for secret in (deployment.state / "secrets.json", deployment.state / "site-1" / "identity.json"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not (deployment.state / "site-1" / "shard.npy").exists()  # the datasite holds it now
+
+
+def leak(data):
+    return data
+
+
+def test_foreign_function_is_denied_and_returns_nothing(deployment):
+    client = login(deployment.connection_file)
+    submit(client, leak)
+    request = wait_decision(client, "leak")
+    assert "REJECTED" in str(request.status)
+    assert "not on this site's allow-list" in request.deny_reason
+    with pytest.raises(Exception, match="DENIED"):
+        client.code.leak(data=client.datasets[0].assets[0])
+
+
+def test_copy_with_one_extra_line_is_denied(deployment, tmp_path):
+    source = textwrap.dedent(inspect.getsource(ml_experiment)).replace(
+        "    started = time.perf_counter()\n", "    started = time.perf_counter()\n    config = dict(config)\n")
+    assert source != textwrap.dedent(inspect.getsource(ml_experiment))
+    client = login(deployment.connection_file)
+    submit(client, function_from_source(source, "ml_experiment", tmp_path), global_params=dict, config=dict)
+    request = wait_decision(client, "ml_experiment")
+    assert "REJECTED" in str(request.status)
+    assert "differs from the vetted fl_syft version" in request.deny_reason
+
+
+def test_vetted_function_is_approved_and_a_round_runs(deployment, small):
+    # Runs after a denied ml_experiment of the same name exists: the right one must be used.
+    conn = deployment.connection_file
+    sites = connect(read_connection(conn), ds_password(conn))
+    params, history = train(sites, TrainConfig(rounds=1, local_iters=5), small.X_test, small.y_test)
+    assert params["coef"].shape == (10, 784)
+    assert history[0]["global_test_accuracy"] > 0.6
+    assert sum(m["n_samples"] for m in history[0]["sites"].values()) == int(3000 * 0.95)
+
+
+def test_audit_log_records_every_decision(deployment):
+    entries = audit(deployment.connection_file)
+    decisions = [(e["function"], e["decision"]) for e in entries]
+    assert ("leak", "denied") in decisions
+    assert ("ml_experiment", "denied") in decisions
+    assert ("ml_experiment", "approved") in decisions
+    for e in entries:
+        assert e["requester"] == "scientist@fl-syft.example.com" and len(e["fingerprint"]) == 64 and e["time"]
+
+
+def test_pysyft_run_equals_simulation(deployment, small, small_idx):
+    cfg = TrainConfig(rounds=2, local_iters=5)
+    conn = deployment.connection_file
+    remote, _ = train(connect(read_connection(conn), ds_password(conn)), cfg, small.X_test, small.y_test)
+    shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
+    local, _ = train(local_sites(shards), cfg, small.X_test, small.y_test)
+    assert np.abs(remote["coef"] - local["coef"]).max() <= 1e-6
+    assert np.abs(remote["intercept"] - local["intercept"]).max() <= 1e-6
+
+
+PLAIN_CLIENT = r'''
+import contextlib, io, json, sys, time
+from pathlib import Path
+import syft as sy
+
+{ml_experiment_source}
+
+def leak(data):
+    return data
+
+conn, email, password = sys.argv[1:4]
+site = json.loads(Path(conn).read_text())["datasites"][0]
+with contextlib.redirect_stdout(io.StringIO()):
+    c = sy.login(url=site["url"], port=site["port"], email=email, password=password)
+    asset = c.datasets[0].assets[0]
+    for fn, kwargs in ((ml_experiment, {{"global_params": dict, "config": dict}}), (leak, {{}})):
+        policy = sy.MixedInputPolicy(client=c, data=asset, **kwargs)
+        c.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
+time.sleep(2)
+status = {{r.code.service_func_name: str(r.status) for r in c.requests.get_all()}}
+with contextlib.redirect_stdout(io.StringIO()):
+    result = c.code.ml_experiment(data=asset, global_params={{}}, config={{"local_iters": 3}}).get()
+    try:
+        c.code.leak(data=asset).get()
+        leaked = True
+    except Exception:
+        leaked = False
+print(json.dumps({{"status": status, "coef_shape": list(result["coef"].shape), "n": result["n_samples"],
+                  "leaked": leaked, "fl_syft_imported": any(m.startswith("fl_syft") for m in sys.modules)}}))
+'''
+
+
+def test_plain_pysyft_client_gets_results_and_denials(deployment, tmp_path):
+    admin = login(deployment.connection_file, email="owner@fl-syft.example.com",
+                  password=json.loads((deployment.state / "secrets.json").read_text())["admin_password"])
+    admin.users.create(name="Plain", email="plain@example.com", password="plain-pw-1", password_verify="plain-pw-1")
+    script = tmp_path / "plain.py"  # what a user without fl_syft writes: the function pasted in
+    script.write_text(PLAIN_CLIENT.format(ml_experiment_source=textwrap.dedent(inspect.getsource(ml_experiment))))
+    done = subprocess.run([sys.executable, str(script), str(deployment.connection_file),
+                           "plain@example.com", "plain-pw-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["fl_syft_imported"] is False
+    assert "APPROVED" in report["status"]["ml_experiment"] and "REJECTED" in report["status"]["leak"]
+    assert report["leaked"] is False
+    assert report["coef_shape"] == [10, 784] and report["n"] > 0
+
+
+def test_scientist_sees_only_the_mock(deployment):
+    asset = login(deployment.connection_file).datasets[0].assets[0]
+    assert asset.data is None
+    mock = np.asarray(asset.mock)
+    assert mock.shape == (100, 785) and mock.dtype == np.uint8
+    assert set(mock[:, 784]) == set(range(10))
+
+
+@pytest.mark.parametrize("email, password", [("info@openmined.org", "changethis"),
+                                             ("owner@fl-syft.example.com", "changethis")])
+def test_default_credentials_do_not_log_in(deployment, email, password):
+    from syft.types.errors import SyftException
+
+    with pytest.raises(SyftException):
+        login(deployment.connection_file, email=email, password=password)
+
+
+def test_sites_listen_on_loopback_only(deployment):
+    for proc in deployment.procs.values():
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet") if c.status == "LISTEN"]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+
+
+def test_launcher_refuses_a_busy_port(deployment, small_idx, capsys):
+    rc = main(["launch", "--data", f"idx:{small_idx}", "--base-port", str(deployment.opts.base_port),
+               "--state-dir", str(deployment.state.parent / "other")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and f"port {deployment.opts.base_port} on 127.0.0.1 is already in use" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_notebook_executes_top_to_bottom(deployment, small_idx):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "federated_mnist.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store without outputs"
+    env = {"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "2",
+           "FL_SYFT_LOCAL_ITERS": "3", "FL_SYFT_DATA": f"idx:{small_idx}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "final global test accuracy" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_crash_of_one_site_leaves_the_others_serving(deployment):
+    """Last in this module: it kills site-2."""
+    deployment.procs["site-2"].kill()
+    deployment.procs["site-2"].wait()
+    client = login(deployment.connection_file, index=0)
+    assert client.datasets[0].assets[0].mock.shape == (100, 785)
