@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from fl_syft.data import DataError
@@ -14,7 +14,8 @@ from fl_syft.fedavg import SiteResultError
 from fl_syft.launch import LaunchError
 from fl_syft.orchestrator import OrchestratorError
 from fl_syft.partition import KINDS, PartitionSpec
-from fl_syft.training import TrainConfig
+from fl_syft.report import CheckpointError, read_checkpoint
+from fl_syft.training import Resilience, SitesFailed, TrainConfig
 
 log = logging.getLogger("fl_syft")
 
@@ -56,7 +57,7 @@ def add_partition_args(p: argparse.ArgumentParser) -> None:
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    g.add_argument("--rounds", type=int, default=None, help="federated rounds (default 5; with --resume: as saved)")
     g.add_argument("--local-iters", type=int, default=20, help="lbfgs iterations per round (default 20)")
     g.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
     g.add_argument("--holdout", type=float, default=0.05,
@@ -72,8 +73,24 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(rounds=args.rounds, local_iters=args.local_iters, C=args.C,
-                       holdout=args.holdout, seed=args.seed)
+    return TrainConfig(rounds=5 if args.rounds is None else args.rounds, local_iters=args.local_iters,
+                       C=args.C, holdout=args.holdout, seed=args.seed)
+
+
+def add_resilience_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("failures")
+    g.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
+    g.add_argument("--retries", type=int, default=2, help="retries of a failing site call (default 2)")
+    g.add_argument("--retry-backoff", type=float, default=1.0,
+                   help="seconds before the first retry, doubling after each (default 1)")
+    g.add_argument("--min-sites", type=int, default=None,
+                   help="continue a round with at least this many sites (default: all must answer)")
+
+
+def resilience(args: argparse.Namespace, n_sites: int | None = None) -> Resilience:
+    res = Resilience(retries=args.retries, backoff=args.retry_backoff, min_sites=args.min_sites)
+    _check(res.check, n_sites)
+    return res
 
 
 def add_site_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +108,6 @@ def add_connect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--datasite", action="append", default=[], metavar="URL",
                    help="explicit datasite address, e.g. http://10.0.0.5:8080 (repeat; overrides --connection)")
     g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")
-    g.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,14 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
     add_connect_args(p)
     p.add_argument("--data", type=_data_source, default="embedded", help="source of the public test set")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the run whose --out was DIR from its last completed round")
+    p.add_argument("--seed", type=int, default=0, help="seed of each site's holdout split")
     add_training_args(p)
+    add_resilience_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="launch datasites, train over PySyft, write outputs, shut down")
     add_partition_args(p)
     add_site_args(p)
     add_training_args(p)
-    p.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
+    add_resilience_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -155,18 +175,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fl_syft.data import load_mnist
     from fl_syft.orchestrator import connect, ds_password, read_connection, url_address
 
-    cfg = train_config(args)
+    params, history, out = None, [], args.out
+    if args.resume:
+        config, history, params = read_checkpoint(args.resume)
+        saved = TrainConfig(**config["training"])
+        cfg = replace(saved, rounds=saved.rounds if args.rounds is None else args.rounds)
+        out = args.resume
+        log.info("resuming %s after round %d of %d", out, len(history), cfg.rounds)
+    else:
+        cfg = train_config(args)
     _check(cfg.check)
     if args.datasite:
         addresses = [_check(url_address, url, args.email) for url in args.datasite]
         password = ds_password(None)
     else:
         addresses, password = read_connection(args.connection), ds_password(args.connection)
+    res = resilience(args, len(addresses))
+    if not args.resume:
+        config = {"command": "run", "data": args.data, "datasites": [asdict(a) for a in addresses],
+                  "training": cfg.to_dict()}
+    config["training"] = cfg.to_dict()
     mnist = load_mnist(args.data)
     sites = connect(addresses, password, args.approval_timeout)
-    config = {"command": "run", "data": args.data, "datasites": [asdict(a) for a in addresses],
-              "training": cfg.to_dict()}
-    return _train_and_report(sites, cfg, mnist, config, args.out)
+    return _train_and_report(sites, cfg, mnist, config, out, res, params, history)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,6 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fl_syft.orchestrator import connect, ds_password, read_connection
 
     cfg, spec = _checked(args)
+    res = resilience(args, spec.n_sites)
     mnist = load_mnist(args.data)
     _check(spec.check, len(mnist.y_train))
     with Deployment(_launch_options(args, spec)) as deployment:
@@ -183,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sites = connect(addresses, ds_password(deployment.connection_file), args.approval_timeout)
         config = {"command": "demo", "data": args.data, "partition": asdict(spec), "training": cfg.to_dict(),
                   "datasites": [asdict(a) for a in addresses]}
-        return _train_and_report(sites, cfg, mnist, config, args.out)
+        return _train_and_report(sites, cfg, mnist, config, args.out, res)
 
 
 def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
@@ -193,15 +225,22 @@ def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
                          state_dir=args.state_dir, keep=args.keep, verbose=args.verbose)
 
 
-def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None) -> int:
+def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None,
+                      res: Resilience | None = None, params: dict | None = None,
+                      history: list[dict] | None = None) -> int:
     from fl_syft.report import write_outputs
     from fl_syft.training import train
+
+    if history and len(history) >= cfg.rounds:
+        log.info("nothing to do: %d of %d rounds already completed", len(history), cfg.rounds)
+        return 0
 
     def save(params: dict, history: list[dict]) -> None:
         if out:
             write_outputs(out, config, history, params)
 
-    _, history = train(sites, cfg, mnist.X_test, mnist.y_test, on_round=save)
+    _, history = train(sites, cfg, mnist.X_test, mnist.y_test, on_round=save, params=params,
+                       history=history, resilience=res or Resilience())
     final = history[-1]
     log.info("final global test accuracy %.2f%% after %d rounds%s", 100 * final["global_test_accuracy"],
              final["round"], f"; outputs in {out}" if out else "")
@@ -237,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"fl-syft: data error: {e}", file=sys.stderr)
         return 1
-    except (LaunchError, OrchestratorError, SiteResultError) as e:
+    except (LaunchError, OrchestratorError, SiteResultError, SitesFailed, CheckpointError) as e:
         print(f"fl-syft: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

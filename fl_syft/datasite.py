@@ -116,7 +116,7 @@ def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -
         log.info("%s: created data scientist account %s", spec.name, spec.ds_email)
     existing = [d for d in root.datasets.get_all() if d.name == dataset_name(spec.name)]
     if existing:
-        return int(existing[0].assets[ASSET_NAME].shape[0])
+        return int(existing[0].assets[ASSET_NAME].data.shape[0])  # .shape would be the mock's
     if shard is None:
         raise RuntimeError(f"{spec.name}: no dataset in the kept state and no shard to upload; "
                            "start without --keep")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,21 +121,38 @@ class Deployment:
         env = {**os.environ, "FL_SYFT_VERBOSE": "1" if self.opts.verbose else "0", "TQDM_DISABLE": "1"}
         out = (spec.dir / "site.log").open("a")
         # Own session: a terminal Ctrl-C reaches only the launcher, which stops sites in order.
+        # No stdin: a PySyft confirmation prompt must fail, never wait forever.
         return subprocess.Popen([sys.executable, "-m", "fl_syft.datasite", str(spec.dir / "spec.json")],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
 
-    def _wait_ready(self) -> list[dict]:
+    def restart(self, name: str) -> dict:
+        """Stop ``name`` if running and start it again on its kept state (as ``--keep`` does)."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+        spec = replace(self.specs[name], fresh=False)
+        self.specs[name] = spec
+        (spec.dir / "status.json").unlink(missing_ok=True)
+        spec.save(spec.dir / "spec.json")
+        self.procs[name] = self._spawn(spec)
+        return self._wait_ready([name])[0]
+
+    def _wait_ready(self, names: list[str] | None = None) -> list[dict]:
         table, deadline = [], time.monotonic() + START_TIMEOUT
-        with tqdm(total=len(self.specs), desc="starting datasites", unit="site", leave=False) as bar:
-            for name, spec in self.specs.items():
+        names = names or list(self.specs)
+        with tqdm(total=len(names), desc="starting datasites", unit="site", leave=False) as bar:
+            for name in names:
+                spec = self.specs[name]
                 while not _answers(spec):
                     code = self.procs[name].poll()
                     if code is not None:
                         raise LaunchError(f"{name} exited during start-up (code {code}): "
                                           f"{_last_line(spec.dir / 'site.log')} (log: {spec.dir / 'site.log'})")
                     if time.monotonic() > deadline:
-                        raise LaunchError(f"{name} did not answer within {START_TIMEOUT:.0f} s; "
-                                          f"see {spec.dir / 'site.log'}")
+                        raise LaunchError(f"{name} did not answer within {START_TIMEOUT:.0f} s (last log line: "
+                                          f"{_last_line(spec.dir / 'site.log')}); see {spec.dir / 'site.log'}")
                     time.sleep(0.2)
                 rows = json.loads((spec.dir / "status.json").read_text())["rows"]
                 table.append({"name": name, "url": f"http://{spec.host}:{spec.port}", "rows": rows})

@@ -192,11 +192,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0) -> list[SyftSite]:
-    """Log into every site and get ``ml_experiment`` approved on each."""
-    sites = []
-    for address in addresses:
-        site = SyftSite(address, password)
+    """Log into every site (all reachable before anything is submitted), then get
+    ``ml_experiment`` approved on each."""
+    sites = [SyftSite(address, password) for address in addresses]
+    for site in sites:
         site.request_approval(approval_timeout)
         log.info("%s: ml_experiment approved", site.name)
-        sites.append(site)
     return sites

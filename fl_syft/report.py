@@ -1,4 +1,5 @@
-"""Write a run's outputs: ``metrics.json`` and ``model.npz`` (atomically, after every round)."""
+"""Write a run's outputs after every round: ``metrics.json``, ``model.npz`` and
+``checkpoint.npz`` (params + config + history in one atomic file, for ``--resume``)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,38 @@ def metrics(config: dict, history: list[dict]) -> dict:
 
 
 def write_outputs(out: Path, config: dict, history: list[dict], params: dict) -> None:
-    """``metrics.json`` and ``model.npz`` in ``out`` (created if needed)."""
+    """``checkpoint.npz``, ``model.npz`` and ``metrics.json`` in ``out`` (created if needed)."""
     out.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(out / "checkpoint.npz", config, history, params)
     write_model(out / "model.npz", params)
     write_json(out / "metrics.json", metrics(config, history))
+
+
+class CheckpointError(Exception):
+    """A run directory cannot be resumed; the message says why."""
+
+
+def write_checkpoint(path: Path, config: dict, history: list[dict], params: dict) -> None:
+    """One file, so params and history can never be from different rounds."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    state = json.dumps({"config": config, "history": history}, default=_plain)
+    np.savez(tmp, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]),
+             state=np.array(state))
+    tmp.replace(path)
+
+
+def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
+    """(config, history, params) saved after the last completed round in ``out``."""
+    path = out / "checkpoint.npz"
+    if not path.exists():
+        raise CheckpointError(f"--resume {out}: no checkpoint.npz there (is it the --out of an earlier run?)")
+    try:
+        with np.load(path) as z:
+            state = json.loads(str(z["state"]))
+            params = {"coef": z["coef"], "intercept": z["intercept"]}
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); start a new run") from None
+    return state["config"], state["history"], params
 
 
 def _plain(value: object) -> object:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fl_syft.evaluate import score
-from fl_syft.fedavg import fedavg, validate_result
+from fl_syft.fedavg import SiteResultError, fedavg, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,30 @@ class TrainConfig:
 SITE_METRICS = ("n_samples", "train_accuracy", "holdout_accuracy", "global_accuracy")
 
 
+class SitesFailed(Exception):
+    """Too few sites answered a round; the message names the failing sites."""
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """How a round treats a failing site: ``retries`` more tries, waiting ``backoff`` s,
+    then 2x, 4x ...; the round goes on if at least ``min_sites`` answered (None: all)."""
+
+    retries: int = 2
+    backoff: float = 1.0
+    min_sites: int | None = None
+
+    def check(self, n_sites: int | None = None) -> None:
+        if self.retries < 0:
+            raise ValueError(f"--retries must be >= 0, got {self.retries}")
+        if self.backoff < 0:
+            raise ValueError(f"--retry-backoff must be >= 0, got {self.backoff}")
+        if self.min_sites is not None and self.min_sites < 1:
+            raise ValueError(f"--min-sites must be at least 1, got {self.min_sites}")
+        if self.min_sites is not None and n_sites is not None and self.min_sites > n_sites:
+            raise ValueError(f"--min-sites {self.min_sites} is more than the {n_sites} sites")
+
+
 def train(
     sites: Sequence[Site],
     cfg: TrainConfig,
@@ -69,31 +93,49 @@ def train(
     on_round: Callable[[dict, list[dict]], None] | None = None,
     params: dict | None = None,
     history: list[dict] | None = None,
+    resilience: Resilience = Resilience(),
 ) -> tuple[dict, list[dict]]:
     """Run rounds ``len(history)+1 .. cfg.rounds``; return (global params, history).
 
     ``params``/``history`` continue an earlier run; ``on_round(params, history)`` is called
-    after each completed round (to write outputs and checkpoints).
+    after each completed round (to write outputs and checkpoints). A site that still fails
+    after its retries is left out of that round (recorded under "dropped") if at least
+    ``resilience.min_sites`` answered; otherwise SitesFailed is raised.
     """
     params, history = params or {}, list(history or [])
     site_cfg = cfg.site_config()
     first = len(history) + 1
+    need = resilience.min_sites or len(sites)
     with ThreadPoolExecutor(max_workers=len(sites)) as pool:
         bar = tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round",
                    initial=first - 1, total=cfg.rounds, leave=False)
         for rnd in bar:
             started = time.perf_counter()
-            calls = list(pool.map(_timed_fit, sites, [params] * len(sites), [site_cfg] * len(sites)))
-            results = {site.name: result for site, (result, _) in zip(sites, calls, strict=True)}
-            params = fedavg(results)
+            futures = {site.name: pool.submit(_fit_with_retries, site, params, site_cfg, resilience)
+                       for site in sites}
+            calls, dropped = {}, {}
+            for name, future in futures.items():
+                try:
+                    calls[name] = future.result()
+                except SiteResultError:
+                    raise  # a wrong answer is not transient: never average around it silently
+                except Exception as e:
+                    dropped[name] = _one_line(e)
+            if len(calls) < need:
+                raise SitesFailed(f"round {rnd}: {'; '.join(dropped.values())} "
+                                  f"({len(calls)} of {len(sites)} sites answered, {need} needed; "
+                                  f"rounds 1..{rnd - 1} are saved: resume with --resume)")
+            for name, reason in dropped.items():
+                log.warning("round %d: continuing without %s (%s)", rnd, name, reason)
+            params = fedavg({name: result for name, (result, _) in calls.items()})
             test = score(params, X_test, y_test)
             record = {
                 "round": rnd,
                 "global_test_accuracy": test["accuracy"],
                 "global_test_loss": test["loss"],
                 "seconds": time.perf_counter() - started,
-                "sites": {site.name: _site_record(result, wall)
-                          for site, (result, wall) in zip(sites, calls, strict=True)},
+                "sites": {name: _site_record(result, wall) for name, (result, wall) in calls.items()},
+                "dropped": dropped,
             }
             history.append(record)
             tqdm.write(format_round(record))
@@ -103,12 +145,29 @@ def train(
     return params, history
 
 
-def _timed_fit(site: Site, params: dict, config: dict) -> tuple[dict, float]:
-    started = time.perf_counter()
-    result = site.fit(params, config)
+def _fit_with_retries(site: Site, params: dict, config: dict, res: Resilience) -> tuple[dict, float]:
+    """(validated result, wall seconds of the successful call)."""
+    attempt = 0
+    while True:
+        started = time.perf_counter()
+        try:
+            result = site.fit(params, config)
+            break
+        except Exception as e:
+            if attempt == res.retries:
+                raise
+            wait = res.backoff * 2 ** attempt
+            attempt += 1
+            log.warning("%s failed (%s); retry %d/%d in %.1f s", site.name, _one_line(e), attempt,
+                        res.retries, wait)
+            time.sleep(wait)
     wall = time.perf_counter() - started
     validate_result(site.name, result)
     return result, wall
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
 
 
 def _site_record(result: dict, wall: float) -> dict:
@@ -125,5 +184,6 @@ def format_round(record: dict) -> str:
     sites = "  ".join(
         f"{name}: local {m['train_accuracy']:.2%}" for name, m in record["sites"].items()
     )
+    dropped = f"  dropped: {', '.join(record['dropped'])}" if record.get("dropped") else ""
     return (f"round {record['round']:>3}  test acc {record['global_test_accuracy']:.2%}  "
-            f"loss {record['global_test_loss']:.4f}  {record['seconds']:6.2f}s  {sites}")
+            f"loss {record['global_test_loss']:.4f}  {record['seconds']:6.2f}s  {sites}{dropped}")

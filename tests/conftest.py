@@ -56,3 +56,11 @@ def free_base_port(n: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no free ports")
+
+
+def error_line(stderr: str) -> str:
+    """The single 'fl-syft: ...error...' line a failing command printed (and no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("fl-syft:") and "error" in line]
+    assert len(errors) == 1, stderr
+    return errors[0]
