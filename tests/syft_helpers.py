@@ -19,9 +19,9 @@ def login(connection: Path, index: int = 0, email: str | None = None, password: 
                         password=password or secrets["ds_password"])
 
 
-def submit(client, fn, **plain_args) -> None:
-    """Submit ``fn(data=<the site's asset>, **plain_args)`` as a code request."""
-    asset = client.datasets[0].assets[0]
+def submit(client, fn, asset=None, **plain_args) -> None:
+    """Submit ``fn(data=<asset, default the site's own>, **plain_args)`` as a code request."""
+    asset = asset or client.datasets[0].assets[0]
     policy = sy.MixedInputPolicy(client=client, data=asset, **plain_args)
     with contextlib.redirect_stdout(io.StringIO()):
         client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
