@@ -99,6 +99,8 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     g.add_argument("--state-dir", type=Path, default=Path(".fl-syft"), help="datasite state (default .fl-syft/)")
     g.add_argument("--keep", action="store_true", help="reuse existing datasite state instead of starting fresh")
+    g.add_argument("--db-url", default=None, metavar="URL",
+                   help="keep datasite state in PostgreSQL (postgresql://USER:PW@HOST:PORT/DB; one DB per site)")
 
 
 def add_connect_args(p: argparse.ArgumentParser) -> None:
@@ -185,12 +187,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = train_config(args)
     _check(cfg.check)
+    res = resilience(args)
     if args.datasite:
         addresses = [_check(url_address, url, args.email) for url in args.datasite]
         password = ds_password(None)
     else:
         addresses, password = read_connection(args.connection), ds_password(args.connection)
-    res = resilience(args, len(addresses))
+    _check(res.check, len(addresses))
     if not args.resume:
         config = {"command": "run", "data": args.data, "datasites": [asdict(a) for a in addresses],
                   "training": cfg.to_dict()}
@@ -206,10 +209,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fl_syft.orchestrator import connect, ds_password, read_connection
 
     cfg, spec = _checked(args)
-    res = resilience(args, spec.n_sites)
+    res, opts = resilience(args, spec.n_sites), _launch_options(args, spec)
     mnist = load_mnist(args.data)
     _check(spec.check, len(mnist.y_train))
-    with Deployment(_launch_options(args, spec)) as deployment:
+    with Deployment(opts) as deployment:
         print_table(deployment.start(), deployment.connection_file)
         addresses = read_connection(deployment.connection_file)
         sites = connect(addresses, ds_password(deployment.connection_file), args.approval_timeout)
@@ -221,8 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
     from fl_syft.launch import LaunchOptions
 
-    return LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
-                         state_dir=args.state_dir, keep=args.keep, verbose=args.verbose)
+    opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
+                         state_dir=args.state_dir, keep=args.keep, db_url=args.db_url, verbose=args.verbose)
+    _check(opts.check)
+    return opts
 
 
 def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None,

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from tqdm import tqdm
@@ -53,6 +54,13 @@ class LaunchOptions:
     def names(self) -> list[str]:
         return [f"site-{i}" for i in range(1, self.partition.n_sites + 1)]
 
+    def check(self) -> None:
+        """Raise ValueError (one line naming the flag) for values that cannot work."""
+        last = self.base_port + self.partition.n_sites - 1
+        if not 1024 <= self.base_port or last > 65535:
+            raise ValueError(f"--base-port {self.base_port} with {self.partition.n_sites} sites needs ports "
+                             f"{self.base_port}..{last}: use 1024..{65536 - self.partition.n_sites}")
+
 
 class Deployment:
     """The local datasites of one launch; as a context manager, always stopped on exit."""
@@ -82,6 +90,8 @@ class Deployment:
         for port in ports:
             check_port_free(opts.host, port)
         self.connection_file.unlink(missing_ok=True)
+        for name in names if opts.db_url else []:
+            ensure_database(site_db_url(opts.db_url, name))
         pw = resolve_secrets(self.state, opts.keep)
         shards = None if opts.keep else self._shards()
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
@@ -94,7 +104,7 @@ class Deployment:
             spec = SiteSpec(name=name, host=opts.host, port=port, state_dir=str(site_dir),
                             admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
                             ds_password=pw["ds_password"], fresh=not opts.keep,
-                            db_url=f"{opts.db_url}_{name.replace('-', '_')}" if opts.db_url else None)
+                            db_url=site_db_url(opts.db_url, name) if opts.db_url else None)
             self.specs[name] = spec
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
@@ -199,6 +209,32 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise LaunchError(f"port {port} on {host} is already in use ({e.strerror}): stop what runs "
                               "there or choose another --base-port") from None
+
+
+def site_db_url(db_url: str, site: str) -> str:
+    """``postgresql://u:p@h:port/fl_syft`` -> ``.../fl_syft_site_1``: one database per site
+    (PySyft's reset drops tables of fixed names, so sites must not share one)."""
+    parts = urlsplit(db_url)
+    database = parts.path.lstrip("/")
+    if parts.scheme != "postgresql" or not parts.hostname or not database:
+        raise LaunchError(f"--db-url {db_url!r} must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    return urlunsplit(parts._replace(path=f"/{database}_{site.replace('-', '_')}"))
+
+
+def ensure_database(url: str) -> None:
+    """Create the database of ``url`` on its server if it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    database = parts.path.lstrip("/")
+    try:
+        with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True, connect_timeout=5) as db:
+            if not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split())[:200]
+        raise LaunchError(f"PostgreSQL at {parts.hostname}:{parts.port or 5432}: {reason}; check --db-url") from None
 
 
 def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:

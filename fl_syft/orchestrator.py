@@ -35,6 +35,10 @@ class SiteAddress:
     port: int
     email: str
 
+    @property
+    def label(self) -> str:
+        return self.name or "the datasite"
+
 
 def read_connection(path: Path) -> list[SiteAddress]:
     """Site addresses from the launcher's ``datasites.json``."""
@@ -173,14 +177,14 @@ def _login(address: SiteAddress, password: str):
         with quiet():
             client = sy.login(url=address.url, port=address.port, email=address.email, password=password)
     except requests.exceptions.ConnectionError:
-        raise OrchestratorError(f"cannot reach {address.name} at {where}: is the datasite running "
+        raise OrchestratorError(f"cannot reach {address.label} at {where}: is the datasite running "
                                 "(python launch_datasites.py) and the URL/port right?") from None
     except SyftException as e:
         message = _first_line(e)
         if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
-            raise OrchestratorError(f"login to {address.name} at {where} failed for {address.email}: wrong email "
+            raise OrchestratorError(f"login to {address.label} at {where} failed for {address.email}: wrong email "
                                     f"or password (set {DS_PASSWORD_ENV})") from None
-        raise OrchestratorError(f"login to {address.name} at {where} failed: {message}") from None
+        raise OrchestratorError(f"login to {address.label} at {where} failed: {message}") from None
     if address.name and client.name != address.name:
         raise OrchestratorError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
     return client

@@ -5,22 +5,24 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from conftest import free_base_port
+from conftest import error_line, free_base_port
 from syft_helpers import audit, function_from_source, login, submit, wait_decision
 
 from fl_syft.cli import main
 from fl_syft.data import load_mnist
 from fl_syft.experiment import ml_experiment
-from fl_syft.launch import Deployment, LaunchOptions
+from fl_syft.launch import Deployment, LaunchOptions, check_port_free
 from fl_syft.orchestrator import connect, ds_password, read_connection
 from fl_syft.partition import PartitionSpec, make_shards
 from fl_syft.simulate import local_sites
@@ -216,3 +218,34 @@ def test_crash_of_one_site_leaves_the_others_serving(deployment):
     deployment.procs["site-2"].wait()
     client = login(deployment.connection_file, index=0)
     assert client.datasets[0].assets[0].mock.shape == (100, 785)
+
+
+def test_wrong_password_is_one_line(deployment, small_idx, capsys, monkeypatch):
+    monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "not-the-password")
+    rc = main(["run", "--connection", str(deployment.connection_file), "--data", f"idx:{small_idx}"])
+    line = error_line(capsys.readouterr().err)
+    assert rc == 1 and "login to site-1 at http://127.0.0.1:" in line
+    assert "wrong email or password (set FL_SYFT_DS_PASSWORD)" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_launcher_process_stops_every_site_and_frees_ports(small_idx, tmp_path, sig):
+    base = free_base_port(2)
+    launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_datasites.py"), "--data", f"idx:{small_idx}",
+                                 "--base-port", str(base), "--state-dir", str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    connection = tmp_path / "datasites.json"
+    deadline = time.monotonic() + 120
+    while not connection.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert connection.exists(), launcher.communicate()[1][-2000:]
+    sites = [p for p in psutil.Process(launcher.pid).children() if "fl_syft.datasite" in " ".join(p.cmdline())]
+    assert len(sites) == 2
+    launcher.send_signal(sig)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err[-2000:]
+    assert "site-1" in out and "1500" in out  # the table: name, URL, rows
+    assert not connection.exists()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sites)
+    for port in (base, base + 1):
+        check_port_free("127.0.0.1", port)
