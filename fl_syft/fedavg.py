@@ -69,3 +69,37 @@ def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
     coef = np.einsum("sk,skf->kf", weights, coefs)
     intercept = np.einsum("sk,sk->k", weights, intercepts)
     return {"coef": coef, "intercept": intercept}
+
+
+def validate_gradient(site: str, result: object) -> None:
+    """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer."""
+    if not isinstance(result, Mapping):
+        raise SiteResultError(site, f"expected a dict, got {type(result).__name__}")
+    missing = sorted({"loss", "grad_coef", "grad_intercept", "n_samples"} - set(result))
+    if missing:
+        raise SiteResultError(site, f"missing keys {missing}")
+    for key, shape in (("loss", ()), ("grad_coef", (N_CLASSES, N_FEATURES)), ("grad_intercept", (N_CLASSES,))):
+        value = np.asarray(result[key])
+        if value.shape != shape:
+            raise SiteResultError(site, f"{key} has shape {value.shape}, expected {shape}")
+        if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
+            raise SiteResultError(site, f"{key} contains NaN, infinite or non-numeric values")
+    n = result["n_samples"]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise SiteResultError(site, f"n_samples must be a positive integer, got {n!r}")
+
+
+def sum_gradients(results: Mapping[str, Mapping]) -> dict:
+    """Totals of the sites' ``lr_loss_grad`` answers: the centralized data term exactly.
+
+    Returns {"loss": float, "grad_coef": (10, 784), "grad_intercept": (10,), "n_samples": int}.
+    """
+    if not results:
+        raise ValueError("sum_gradients needs at least one site result")
+    for site, result in results.items():
+        validate_gradient(site, result)
+    rows = list(results.values())
+    return {"loss": float(sum(r["loss"] for r in rows)),
+            "grad_coef": np.sum([np.asarray(r["grad_coef"], np.float64) for r in rows], axis=0),
+            "grad_intercept": np.sum([np.asarray(r["grad_intercept"], np.float64) for r in rows], axis=0),
+            "n_samples": int(sum(r["n_samples"] for r in rows))}

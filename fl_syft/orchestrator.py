@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def quiet() -> contextlib.AbstractContextManager:
 
 
 class SyftSite:
-    """One datasite as a federated site: ``fit`` runs the approved ``ml_experiment`` there."""
+    """One datasite as a federated site: ``fit`` runs the approved ``ml_experiment`` there,
+    ``loss_grad`` the approved ``lr_loss_grad``."""
 
     def __init__(self, address: SiteAddress, password: str):
         self.address = address
@@ -98,55 +100,61 @@ class SyftSite:
         if not datasets:
             raise OrchestratorError(f"{self.name}: the datasite holds no dataset; restart the launcher")
         self.asset = datasets[0].assets[0]
-        self._call = None  # the approved UserCode, bound by id (not by name: names can repeat)
+        self._calls: dict[str, Callable] = {}  # approved UserCode by function name, bound by id
 
-    def request_approval(self, timeout: float = 60.0) -> None:
-        """Submit ``ml_experiment`` (or reuse an earlier request) and wait for the owner's decision."""
+    def request_approval(self, fn: Callable = ml_experiment, timeout: float = 60.0) -> None:
+        """Submit the vetted ``fn`` (or reuse an earlier request) and wait for the owner's decision."""
         import syft as sy
 
-        request = self._request()
-        if request is None:
+        name = fn.__name__
+        if self._request(fn) is None:
             policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
             with quiet():
-                fn = sy.syft_function(input_policy=policy)(ml_experiment)
-                self.client.code.request_code_execution(fn)
+                self.client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
         deadline = time.monotonic() + timeout
         while True:
-            request = self._request()
+            request = self._request(fn)
             status = str(request.status).rsplit(".", 1)[-1] if request else "PENDING"
             if status == "APPROVED":
-                self._call = _bind_user_code(self.client, request.code)
+                self._calls[name] = _bind_user_code(self.client, request.code)
                 return
             if status == "REJECTED":
-                raise OrchestratorError(f"{self.name} denied ml_experiment: {request.deny_reason}")
+                raise OrchestratorError(f"{self.name} denied {name}: {request.deny_reason}")
             if time.monotonic() > deadline:
-                raise OrchestratorError(f"{self.name}: no decision on ml_experiment within {timeout:.0f} s; "
+                raise OrchestratorError(f"{self.name}: no decision on {name} within {timeout:.0f} s; "
                                         "is the data owner's approver running?")
             time.sleep(0.1)
 
-    def _request(self):
-        """Our request for exactly the vetted ml_experiment (not an older, different version)."""
-        wanted = fingerprint(inspect.getsource(ml_experiment))
+    def _request(self, fn: Callable):
+        """Our request for exactly the vetted ``fn`` (not an older, different version)."""
+        wanted = fingerprint(inspect.getsource(fn))
         for request in reversed(self.client.requests.get_all()):
             code = request.code
-            if code.service_func_name == "ml_experiment" and _fingerprint_or_none(code.raw_code) == wanted:
+            if code.service_func_name == fn.__name__ and _fingerprint_or_none(code.raw_code) == wanted:
                 return request
         return None
 
     def fit(self, global_params: dict, config: dict) -> dict:
-        """Run ``ml_experiment`` on this site's private shard; returns its result dict."""
+        """``ml_experiment`` on this site's private shard."""
+        return self._run("ml_experiment", global_params, config)
+
+    def loss_grad(self, global_params: dict, config: dict) -> dict:
+        """``lr_loss_grad`` on this site's private shard."""
+        return self._run("lr_loss_grad", global_params, config)
+
+    def _run(self, name: str, global_params: dict, config: dict) -> dict:
         from syft.types.errors import SyftException
 
+        if name not in self._calls:
+            raise OrchestratorError(f"{self.name}: {name} is not approved yet (call request_approval first)")
         try:
             with quiet():
-                pointer = self._call(data=self.asset, global_params=global_params, config=config)
-                result = pointer.get()
+                return self._calls[name](data=self.asset, global_params=global_params, config=config).get()
         except SyftException as e:
-            raise OrchestratorError(f"{self.name}: ml_experiment failed: {_first_line(e)}") from None
+            raise OrchestratorError(f"{self.name}: {name} failed: {_first_line(e)}") from None
         except OSError as e:
             raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
-        return result
 
 
 def _bind_user_code(client, code):
@@ -195,11 +203,13 @@ def _first_line(e: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
-def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0) -> list[SyftSite]:
-    """Log into every site (all reachable before anything is submitted), then get
-    ``ml_experiment`` approved on each."""
+def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0,
+            functions: tuple[Callable, ...] = (ml_experiment,)) -> list[SyftSite]:
+    """Log into every site (all reachable before anything is submitted), then get each of
+    the vetted ``functions`` approved on each."""
     sites = [SyftSite(address, password) for address in addresses]
     for site in sites:
-        site.request_approval(approval_timeout)
-        log.info("%s: ml_experiment approved", site.name)
+        for fn in functions:
+            site.request_approval(fn, approval_timeout)
+            log.info("%s: %s approved", site.name, fn.__name__)
     return sites

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_syft.experiment import ml_experiment
+from fl_syft.experiment import lr_loss_grad, ml_experiment
 
 
 @dataclass
@@ -18,6 +18,9 @@ class LocalSite:
 
     def fit(self, global_params: dict, config: dict) -> dict:
         return ml_experiment(self.shard, global_params, config)
+
+    def loss_grad(self, global_params: dict, config: dict) -> dict:
+        return lr_loss_grad(self.shard, global_params, config)
 
 
 def local_sites(shards: list[np.ndarray]) -> list[LocalSite]:

@@ -105,28 +105,12 @@ def train(
     params, history = params or {}, list(history or [])
     site_cfg = cfg.site_config()
     first = len(history) + 1
-    need = resilience.min_sites or len(sites)
     with ThreadPoolExecutor(max_workers=len(sites)) as pool:
         bar = tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round",
                    initial=first - 1, total=cfg.rounds, leave=False)
         for rnd in bar:
             started = time.perf_counter()
-            futures = {site.name: pool.submit(_fit_with_retries, site, params, site_cfg, resilience)
-                       for site in sites}
-            calls, dropped = {}, {}
-            for name, future in futures.items():
-                try:
-                    calls[name] = future.result()
-                except SiteResultError:
-                    raise  # a wrong answer is not transient: never average around it silently
-                except Exception as e:
-                    dropped[name] = _one_line(e)
-            if len(calls) < need:
-                raise SitesFailed(f"round {rnd}: {'; '.join(dropped.values())} "
-                                  f"({len(calls)} of {len(sites)} sites answered, {need} needed; "
-                                  f"rounds 1..{rnd - 1} are saved: resume with --resume)")
-            for name, reason in dropped.items():
-                log.warning("round %d: continuing without %s (%s)", rnd, name, reason)
+            calls, dropped = call_sites(pool, sites, "fit", params, site_cfg, resilience, rnd, validate_result)
             params = fedavg({name: result for name, (result, _) in calls.items()})
             test = score(params, X_test, y_test)
             record = {
@@ -134,7 +118,7 @@ def train(
                 "global_test_accuracy": test["accuracy"],
                 "global_test_loss": test["loss"],
                 "seconds": time.perf_counter() - started,
-                "sites": {name: _site_record(result, wall) for name, (result, wall) in calls.items()},
+                "sites": {name: site_record(result, wall) for name, (result, wall) in calls.items()},
                 "dropped": dropped,
             }
             history.append(record)
@@ -145,13 +129,43 @@ def train(
     return params, history
 
 
-def _fit_with_retries(site: Site, params: dict, config: dict, res: Resilience) -> tuple[dict, float]:
+def call_sites(pool: ThreadPoolExecutor, sites: Sequence[Site], method: str, params: dict, config: dict,
+               res: Resilience, rnd: int, validate: Callable[[str, object], None]
+               ) -> tuple[dict[str, tuple[dict, float]], dict[str, str]]:
+    """Call ``site.<method>(params, config)`` on every site concurrently, with retries.
+
+    Returns ({site: (validated result, wall seconds)}, {dropped site: reason}). Raises
+    SitesFailed if fewer than ``res.min_sites`` (default all) answered; an invalid result
+    (``validate`` raising SiteResultError) is never retried or averaged around.
+    """
+    futures = {site.name: pool.submit(_call_with_retries, site, method, params, config, res, validate)
+               for site in sites}
+    calls, dropped = {}, {}
+    for name, future in futures.items():
+        try:
+            calls[name] = future.result()
+        except SiteResultError:
+            raise
+        except Exception as e:
+            dropped[name] = _one_line(e)
+    need = res.min_sites or len(sites)
+    if len(calls) < need:
+        raise SitesFailed(f"round {rnd}: {'; '.join(dropped.values())} "
+                          f"({len(calls)} of {len(sites)} sites answered, {need} needed; "
+                          f"rounds 1..{rnd - 1} are saved: resume with --resume)")
+    for name, reason in dropped.items():
+        log.warning("round %d: continuing without %s (%s)", rnd, name, reason)
+    return calls, dropped
+
+
+def _call_with_retries(site: Site, method: str, params: dict, config: dict, res: Resilience,
+                       validate: Callable[[str, object], None]) -> tuple[dict, float]:
     """(validated result, wall seconds of the successful call)."""
     attempt = 0
     while True:
         started = time.perf_counter()
         try:
-            result = site.fit(params, config)
+            result = getattr(site, method)(params, config)
             break
         except Exception as e:
             if attempt == res.retries:
@@ -162,7 +176,7 @@ def _fit_with_retries(site: Site, params: dict, config: dict, res: Resilience) -
                         res.retries, wait)
             time.sleep(wait)
     wall = time.perf_counter() - started
-    validate_result(site.name, result)
+    validate(site.name, result)
     return result, wall
 
 
@@ -170,19 +184,21 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
 
 
-def _site_record(result: dict, wall: float) -> dict:
+def site_record(result: dict, wall: float) -> dict:
     """Per-site metrics; ``transport_seconds`` is the call's wall time not spent computing."""
     compute = float(result.get("seconds", 0.0))
-    record = {key: result.get(key) for key in SITE_METRICS}
+    record = {key: result[key] for key in SITE_METRICS if key in result}
     record["n_samples"] = int(record["n_samples"])
+    if "class_counts" in result:
+        record["class_counts"] = np.asarray(result["class_counts"]).tolist()
     record.update(compute_seconds=compute, call_seconds=wall, transport_seconds=max(wall - compute, 0.0))
     return record
 
 
 def format_round(record: dict) -> str:
-    """One table row: round, test accuracy/loss, time, each site's held-out accuracy."""
+    """One table row: round, test accuracy/loss, time, each site's local training accuracy."""
     sites = "  ".join(
-        f"{name}: local {m['train_accuracy']:.2%}" for name, m in record["sites"].items()
+        f"{name}: local {m['train_accuracy']:.2%}" for name, m in record["sites"].items() if "train_accuracy" in m
     )
     dropped = f"  dropped: {', '.join(record['dropped'])}" if record.get("dropped") else ""
     return (f"round {record['round']:>3}  test acc {record['global_test_accuracy']:.2%}  "

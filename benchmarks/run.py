@@ -1,0 +1,316 @@
+"""Benchmark harness (not a test): writes benchmarks/RESULTS.md and benchmarks/results.json.
+
+    python benchmarks/run.py                 # everything (~30 min on 2 cores)
+    python benchmarks/run.py --only syft     # sections: accuracy, syft, demo, scaling, reference, lbfgs-syft
+
+Every figure is measured in the same run on this machine; timings are medians of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from fl_syft import baselines
+from fl_syft.cli import SCENARIOS
+from fl_syft.data import load_mnist
+from fl_syft.launch import Deployment, LaunchOptions
+from fl_syft.lbfgs import train_lbfgs
+from fl_syft.orchestrator import connect, ds_password, read_connection
+from fl_syft.partition import PartitionSpec, make_shards
+from fl_syft.simulate import local_sites
+from fl_syft.training import TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft")
+FEDAVG_ROUNDS = 30
+
+
+def spec_for(scenario: str, seed: int = 0) -> PartitionSpec:
+    p = SCENARIOS[scenario]
+    return PartitionSpec(kind=p["partition"], sites=p.get("sites", len(p.get("sizes", ()))), alpha=p.get("alpha", 0.5),
+                         sizes=tuple(p.get("sizes", ())), noisy_sites=tuple(p.get("noisy_sites", ())),
+                         noise_std=p.get("noise_std", 0.0), seed=seed)
+
+
+def rounds_to_within(history: list[dict], ceiling: float, pp: float = 0.2) -> int | None:
+    for r in history:
+        if r["global_test_accuracy"] >= ceiling - pp / 100:
+            return r["round"]
+    return None
+
+
+def median_round(history: list[dict], skip_first: bool = True) -> float:
+    rows = history[1:] if skip_first and len(history) > 1 else history
+    return statistics.median(r["seconds"] for r in rows)
+
+
+def split(history: list[dict]) -> dict:
+    rows = [m for r in history[1:] or history for m in r["sites"].values()]
+    return {"compute_s": statistics.median(m["compute_seconds"] for m in rows),
+            "transport_s": statistics.median(m["transport_seconds"] for m in rows)}
+
+
+def bench_accuracy(mnist) -> list[dict]:
+    """Per scenario: ceiling, local-only, FedAvg (30 x 20) and federated L-BFGS, all in-process."""
+    rows = []
+    for scenario in SCENARIOS:
+        shards = make_shards(mnist.X_train, mnist.y_train, spec_for(scenario))
+        sites = local_sites(shards)
+        t = time.perf_counter()
+        ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)
+        ceiling_s = time.perf_counter() - t
+        local = baselines.local_only(sites, TrainConfig(), mnist.X_test, mnist.y_test)
+        local_acc = [v["test_accuracy"] for v in local.values()]
+        for algorithm in ("fedavg", "lbfgs"):
+            t = time.perf_counter()
+            if algorithm == "fedavg":
+                _, hist = train(sites, TrainConfig(rounds=FEDAVG_ROUNDS), mnist.X_test, mnist.y_test)
+            else:
+                _, hist = train_lbfgs(sites, TrainConfig(rounds=500), mnist.X_test, mnist.y_test)
+            wall = time.perf_counter() - t
+            final = hist[-1]["global_test_accuracy"]
+            rows.append({"scenario": scenario, "algorithm": algorithm, "rounds": len(hist), "final": final,
+                         "ceiling": ceiling["test_accuracy"], "ceiling_seconds": ceiling_s,
+                         "gap_pp": 100 * (ceiling["test_accuracy"] - final),
+                         "rounds_to_0.2pp": rounds_to_within(hist, ceiling["test_accuracy"]),
+                         "local_only_mean": float(np.mean(local_acc)), "local_only_min": float(np.min(local_acc)),
+                         "wall_seconds": wall, "median_round_seconds": median_round(hist),
+                         "at_round_5": hist[min(4, len(hist) - 1)]["global_test_accuracy"]})
+            print(f"accuracy {scenario} {algorithm}: {100 * final:.2f}% (ceiling {100 * ceiling['test_accuracy']:.2f}%)"
+                  f" in {len(hist)} rounds, {wall:.0f} s", flush=True)
+    return rows
+
+
+def peak_rss_mb(pids: list[int]) -> list[float]:
+    """VmHWM (peak resident set) of each process, in MiB."""
+    out = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out.append(int(line.split()[1]) / 1024)
+    return out
+
+
+def bench_syft(mnist, work: Path) -> dict:
+    """PySyft vs in-process round time, iid-2, 5 rounds x 20 local iterations; approval latency."""
+    spec, cfg = spec_for("iid-2"), TrainConfig(rounds=5)
+    with Deployment(LaunchOptions(partition=spec, base_port=55800, state_dir=work / "syft")) as d:
+        t = time.perf_counter()
+        d.start()
+        launch_s = time.perf_counter() - t
+        conn = d.connection_file
+        t = time.perf_counter()
+        sites = connect(read_connection(conn), ds_password(conn))
+        approval_s = (time.perf_counter() - t) / len(sites)
+        _, syft_hist = train(sites, cfg, mnist.X_test, mnist.y_test)
+        site_rss = peak_rss_mb([p.pid for p in d.procs.values()])
+    shards = make_shards(mnist.X_train, mnist.y_train, spec)
+    _, sim_hist = train(local_sites(shards), cfg, mnist.X_test, mnist.y_test)
+    syft_round, sim_round = median_round(syft_hist), median_round(sim_hist)
+    print(f"syft round {syft_round:.2f} s vs simulate {sim_round:.2f} s", flush=True)
+    return {"launch_seconds": launch_s, "login_and_approval_seconds_per_site": approval_s,
+            "syft_round_seconds": syft_round, "simulate_round_seconds": sim_round, "ratio": syft_round / sim_round,
+            "syft_split": split(syft_hist), "simulate_split": split(sim_hist),
+            "syft_final": syft_hist[-1]["global_test_accuracy"], "simulate_final": sim_hist[-1]["global_test_accuracy"],
+            "datasite_peak_rss_mb": site_rss}
+
+
+def bench_demo(work: Path, repeats: int = 2) -> dict:
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "fl_syft", "demo", "--out", str(work / f"demo{i}"),
+                               "--state-dir", str(work / f"demo-state{i}")], capture_output=True, text=True)
+        times.append(time.perf_counter() - t)
+        if done.returncode != 0:
+            raise RuntimeError(f"demo failed: {done.stderr[-500:]}")
+    m = json.loads((work / "demo0" / "metrics.json").read_text())
+    print(f"demo {statistics.median(times):.1f} s", flush=True)
+    return {"seconds_median": statistics.median(times), "seconds": times, "repeats": repeats,
+            "final": m["final"]["global_test_accuracy"],
+            "local_only": {k: v["test_accuracy"] for k, v in m.get("baselines", {}).get("local_only", {}).items()}}
+
+
+def bench_scaling(mnist, work: Path) -> list[dict]:
+    """PySyft round time at the same total data (60k rows) over 2, 5 and 10 datasites."""
+    rows = []
+    for n in (2, 5, 10):
+        with Deployment(LaunchOptions(partition=PartitionSpec(sites=n), base_port=55800,
+                                      state_dir=work / f"scale{n}")) as d:
+            d.start()
+            conn = d.connection_file
+            sites = connect(read_connection(conn), ds_password(conn))
+            _, hist = train(sites, TrainConfig(rounds=4), mnist.X_test, mnist.y_test)
+            rss = peak_rss_mb([p.pid for p in d.procs.values()])
+        rows.append({"sites": n, "round_seconds": median_round(hist), **split(hist),
+                     "final": hist[-1]["global_test_accuracy"], "datasite_peak_rss_mb_max": max(rss),
+                     "datasite_peak_rss_mb_total": sum(rss)})
+        print(f"scaling {n} sites: {rows[-1]['round_seconds']:.2f} s/round", flush=True)
+    return rows
+
+
+def bench_reference(mnist, rounds: int = 2) -> dict:
+    """The loop public examples use: per-site StandardScaler, cold refit (max_iter=1000), plain mean."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    shards = make_shards(mnist.X_train, mnist.y_train, spec_for("iid-2"))
+    times, accs, coef = [], [], None
+    for _ in range(rounds):
+        t = time.perf_counter()
+        models = []
+        for shard in shards:
+            scaler = StandardScaler().fit(shard[:, :-1].astype(float))
+            clf = LogisticRegression(max_iter=1000)
+            if coef is not None:
+                clf.coef_ = coef  # discarded by fit(): warm_start is False, as in the public example
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf.fit(scaler.transform(shard[:, :-1].astype(float)), shard[:, -1])
+            models.append((clf, scaler))
+        times.append(time.perf_counter() - t)
+        coef = np.mean([m.coef_ for m, _ in models], axis=0)
+        intercept = np.mean([m.intercept_ for m, _ in models], axis=0)
+        # The averaged model, scored as those examples do: with the first site's scaler.
+        scaler = models[0][1]
+        z = scaler.transform(mnist.X_test.astype(float)) @ coef.T + intercept
+        accs.append(float(np.mean(z.argmax(axis=1) == mnist.y_test)))
+    print(f"reference loop: {statistics.median(times):.1f} s/round, {100 * accs[-1]:.2f}%", flush=True)
+    return {"round_seconds": statistics.median(times), "accuracy_per_round": accs}
+
+
+def bench_lbfgs_syft(mnist, work: Path) -> dict:
+    """Federated L-BFGS through PySyft on dirichlet-0.1-10."""
+    spec = spec_for("dirichlet-0.1-10")
+    shards = make_shards(mnist.X_train, mnist.y_train, spec)
+    ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
+    from fl_syft.experiment import lr_loss_grad
+
+    with Deployment(LaunchOptions(partition=spec, base_port=55800, state_dir=work / "lbfgs")) as d:
+        d.start()
+        conn = d.connection_file
+        sites = connect(read_connection(conn), ds_password(conn), functions=(lr_loss_grad,))
+        t = time.perf_counter()
+        _, hist = train_lbfgs(sites, TrainConfig(rounds=500), mnist.X_test, mnist.y_test)
+        wall = time.perf_counter() - t
+    final = hist[-1]["global_test_accuracy"]
+    print(f"lbfgs via PySyft: {100 * final:.2f}% vs ceiling {100 * ceiling:.2f}% in {len(hist)} rounds, {wall:.0f} s",
+          flush=True)
+    return {"rounds": len(hist), "wall_seconds": wall, "final": final, "ceiling": ceiling,
+            "gap_pp": 100 * (ceiling - final), "median_round_seconds": median_round(hist), **split(hist)}
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()],
+            "blas_threads_used": 1, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write_markdown(results: dict) -> None:
+    r, lines = results, ["# fl-syft benchmark results", ""]
+    m = r["machine"]
+    blas = ", ".join(f"{b['internal_api']} {b['version']}" for b in m["blas"])
+    lines += [f"Measured {m['date']} in one run of `python benchmarks/run.py` on {m['cpus']} cores "
+              f"({m['platform']}, Python {m['python']}), 1 BLAS thread per process ({blas}). "
+              "MNIST 60k train / 10k test, C=1.0. Times are medians (rounds after the first; demo over repeats).", ""]
+    if "accuracy" in r:
+        lines += ["## Accuracy per scenario and algorithm (in-process)", "",
+                  "| scenario | algorithm | rounds | final | ceiling | gap (pp) | rounds to ceiling-0.2pp | "
+                  "accuracy at round 5 | local-only mean / min | wall (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for x in r["accuracy"]:
+            lines.append(f"| {x['scenario']} | {x['algorithm']} | {x['rounds']} | {100 * x['final']:.2f}% | "
+                         f"{100 * x['ceiling']:.2f}% | {x['gap_pp']:+.2f} | {x['rounds_to_0.2pp'] or 'never'} | "
+                         f"{100 * x['at_round_5']:.2f}% | {100 * x['local_only_mean']:.2f}% / "
+                         f"{100 * x['local_only_min']:.2f}% | {x['wall_seconds']:.0f} |")
+        lines += ["", f"FedAvg: {FEDAVG_ROUNDS} rounds x 20 local lbfgs iterations. L-BFGS: one round = one "
+                  "loss+gradient call to every site; stops at scikit-learn's tolerance.", ""]
+    if "syft" in r:
+        s = r["syft"]
+        lines += ["## PySyft overhead (iid-2, 20 local iterations)", "", "| | round (s) | site compute (s) | "
+                  "transport/overhead (s) | final accuracy |", "|---|---|---|---|---|",
+                  f"| PySyft (`run`) | {s['syft_round_seconds']:.2f} | {s['syft_split']['compute_s']:.2f} | "
+                  f"{s['syft_split']['transport_s']:.2f} | {100 * s['syft_final']:.2f}% |",
+                  f"| in-process (`simulate`) | {s['simulate_round_seconds']:.2f} | "
+                  f"{s['simulate_split']['compute_s']:.2f} | {s['simulate_split']['transport_s']:.2f} | "
+                  f"{100 * s['simulate_final']:.2f}% |", "",
+                  f"Ratio PySyft / in-process: **{s['ratio']:.2f}x**. "
+                  f"Launch of 2 datasites: {s['launch_seconds']:.1f} s; "
+                  f"login + approval per site: {s['login_and_approval_seconds_per_site']:.2f} s. "
+                  f"Peak RSS per datasite: {', '.join(f'{x:.0f}' for x in s['datasite_peak_rss_mb'])} MiB.", ""]
+    if "demo" in r:
+        d = r["demo"]
+        lines += ["## `fl-syft demo` end to end", "",
+                  f"Median {d['seconds_median']:.1f} s over {d['repeats']} runs "
+                  f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, 5 rounds, "
+                  "local-only baselines, report, shutdown. "
+                  f"Final accuracy {100 * d['final']:.2f}%.", ""]
+    if "scaling" in r:
+        lines += ["## Scaling at the same total data (60k rows, PySyft)", "",
+                  "| datasites | round (s) | site compute (s) | transport (s) | peak RSS per site (max, MiB) "
+                  "| all sites (MiB) |", "|---|---|---|---|---|---|"]
+        for x in r["scaling"]:
+            lines.append(f"| {x['sites']} | {x['round_seconds']:.2f} | {x['compute_s']:.2f} | {x['transport_s']:.2f} | "
+                         f"{x['datasite_peak_rss_mb_max']:.0f} | {x['datasite_peak_rss_mb_total']:.0f} |")
+        base = r["scaling"][0]["round_seconds"]
+        lines += ["", f"10 sites / 2 sites: **{r['scaling'][-1]['round_seconds'] / base:.2f}x**.", ""]
+    if "reference" in r:
+        x = r["reference"]
+        lines += ["## The public examples' loop, beside ours", "",
+                  f"Per-site StandardScaler, cold refit with max_iter=1000 each round, plain mean of coefficients: "
+                  f"{x['round_seconds']:.1f} s per round (both sites); averaged model on the MNIST test set: "
+                  f"{', '.join(f'{100 * a:.2f}%' for a in x['accuracy_per_round'])} after rounds "
+                  f"1..{len(x['accuracy_per_round'])}"
+                  " (rounds do not build on each other)."
+                  + (f" Ours (iid-2, PySyft): {r['syft']['syft_round_seconds']:.2f} s per round, "
+                     f"{100 * r['syft']['syft_final']:.2f}% after 5 rounds." if "syft" in r else ""), ""]
+    if "lbfgs-syft" in r:
+        x = r["lbfgs-syft"]
+        lines += ["## Federated L-BFGS through PySyft (dirichlet-0.1-10)", "",
+                  f"{100 * x['final']:.2f}% vs ceiling {100 * x['ceiling']:.2f}% (gap {x['gap_pp']:+.2f} pp) in "
+                  f"{x['rounds']} rounds, {x['wall_seconds']:.0f} s ({x['median_round_seconds']:.2f} s per round: "
+                  f"compute {x['compute_s']:.2f} s, transport {x['transport_s']:.2f} s per site call).", ""]
+    lines += [f"Peak RSS of the benchmark (orchestrator) process: {r['orchestrator_peak_rss_mb']:.0f} MiB.", ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+def main_bench(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    results_path = HERE / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["machine"] = machine()
+    mnist = load_mnist()
+    with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        steps = {"accuracy": lambda: bench_accuracy(mnist), "syft": lambda: bench_syft(mnist, work),
+                 "demo": lambda: bench_demo(work), "scaling": lambda: bench_scaling(mnist, work),
+                 "reference": lambda: bench_reference(mnist), "lbfgs-syft": lambda: bench_lbfgs_syft(mnist, work)}
+        for name in args.only:
+            results[name] = steps[name]()
+            results["orchestrator_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            results_path.write_text(json.dumps(results, indent=2))
+            write_markdown(results)
+    print(f"wrote {HERE / 'RESULTS.md'} and {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_bench())
