@@ -34,6 +34,9 @@ ADMIN_EMAIL = "owner@fl-syft.example.com"
 DS_EMAIL = "scientist@fl-syft.example.com"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT = 180.0
+# Our own datasites are never behind a proxy; urlopen's global opener would honour (and
+# cache) http_proxy and send the readiness probe there.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class LaunchError(Exception):
@@ -265,7 +268,7 @@ def _answers(spec: SiteSpec) -> bool:
         return False
     try:
         url = f"http://{_client_host(spec.host)}:{spec.port}/api/v2/metadata"
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with _DIRECT.open(url, timeout=2) as r:
             name = json.load(r).get("name")
     except (OSError, ValueError):
         return False

@@ -1,5 +1,8 @@
 import gzip
+import os
 import pickle
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -101,11 +104,13 @@ def test_unknown_source():
         load_mnist("mnist.csv")
 
 
-def test_openml_offline_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("FL_SYFT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # nothing listens: offline even with a network
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    with pytest.raises(DataError) as err:
-        load_mnist("openml")
-    assert "could not fetch mnist_784 from OpenML" in str(err.value)
-    assert "--data embedded" in str(err.value) and "\n" not in str(err.value)
+def test_openml_offline_is_one_clear_line(tmp_path):
+    # In a subprocess: urllib caches the proxy settings of its first request process-wide.
+    env = {**os.environ, "FL_SYFT_CACHE_DIR": str(tmp_path),
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # offline even with a network
+    done = subprocess.run([sys.executable, "-m", "fl_syft", "simulate", "--data", "openml"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fl-syft:")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "could not fetch mnist_784 from OpenML" in errors[0] and "--data embedded" in errors[0]
+    assert "Traceback" not in done.stderr

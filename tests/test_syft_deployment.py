@@ -92,6 +92,16 @@ def test_vetted_function_is_approved_and_a_round_runs(deployment, small):
     assert sum(m["n_samples"] for m in history[0]["sites"].values()) == int(3000 * 0.95)
 
 
+def test_federated_lbfgs_runs_through_pysyft(deployment, small_idx, tmp_path):
+    out = tmp_path / "lbfgs"
+    assert main(["run", "--connection", str(deployment.connection_file), "--data", f"idx:{small_idx}",
+                 "--algorithm", "lbfgs", "--rounds", "6", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["algorithm"] == "lbfgs" and len(metrics["rounds"]) >= 6
+    assert metrics["rounds"][-1]["objective"] < metrics["rounds"][0]["objective"]
+    assert ("lr_loss_grad", "approved") in [(e["function"], e["decision"]) for e in audit(deployment.connection_file)]
+
+
 def test_audit_log_records_every_decision(deployment):
     entries = audit(deployment.connection_file)
     decisions = [(e["function"], e["decision"]) for e in entries]
