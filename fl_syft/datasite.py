@@ -191,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
     if verbose:  # the real traceback of a failing user function (PySyft hides it)
         logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)  # one core per site: sites run side by side
     serve(spec)
     return 0
 

@@ -25,20 +25,7 @@ class SiteResultError(ValueError):
 def validate_result(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` has finite coef (10, 784), intercept (10,),
     n_samples > 0 and, if present, class_counts (10,) of non-negative integers."""
-    if not isinstance(result, Mapping):
-        raise SiteResultError(site, f"expected a dict, got {type(result).__name__}")
-    missing = sorted({"coef", "intercept", "n_samples"} - set(result))
-    if missing:
-        raise SiteResultError(site, f"missing keys {missing}")
-    for key, shape in (("coef", (N_CLASSES, N_FEATURES)), ("intercept", (N_CLASSES,))):
-        value = np.asarray(result[key])
-        if value.shape != shape:
-            raise SiteResultError(site, f"{key} has shape {value.shape}, expected {shape}")
-        if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
-            raise SiteResultError(site, f"{key} contains NaN, infinite or non-numeric values")
-    n = result["n_samples"]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise SiteResultError(site, f"n_samples must be a positive integer, got {n!r}")
+    _check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,)})
     if "class_counts" in result:
         counts = np.asarray(result["class_counts"])
         if counts.shape != (N_CLASSES,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
@@ -73,12 +60,17 @@ def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
 
 def validate_gradient(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer."""
+    _check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, N_FEATURES), "grad_intercept": (N_CLASSES,)})
+
+
+def _check_fields(site: str, result: object, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A dict with finite numeric arrays of these ``shapes`` and a positive int n_samples."""
     if not isinstance(result, Mapping):
         raise SiteResultError(site, f"expected a dict, got {type(result).__name__}")
-    missing = sorted({"loss", "grad_coef", "grad_intercept", "n_samples"} - set(result))
+    missing = sorted({*shapes, "n_samples"} - set(result))
     if missing:
         raise SiteResultError(site, f"missing keys {missing}")
-    for key, shape in (("loss", ()), ("grad_coef", (N_CLASSES, N_FEATURES)), ("grad_intercept", (N_CLASSES,))):
+    for key, shape in shapes.items():
         value = np.asarray(result[key])
         if value.shape != shape:
             raise SiteResultError(site, f"{key} has shape {value.shape}, expected {shape}")

@@ -131,7 +131,9 @@ class Deployment:
         return make_shards(mnist.X_train, mnist.y_train, self.opts.partition)
 
     def _spawn(self, spec: SiteSpec) -> subprocess.Popen:
-        env = {**os.environ, "FL_SYFT_VERBOSE": "1" if self.opts.verbose else "0", "TQDM_DISABLE": "1"}
+        # One BLAS thread per site (sites run side by side), set before any BLAS library loads.
+        env = {**os.environ, "FL_SYFT_VERBOSE": "1" if self.opts.verbose else "0", "TQDM_DISABLE": "1",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         out = (spec.dir / "site.log").open("a")
         # Own session: a terminal Ctrl-C reaches only the launcher, which stops sites in order.
         # No stdin: a PySyft confirmation prompt must fail, never wait forever.

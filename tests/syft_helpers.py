@@ -53,3 +53,17 @@ def function_from_source(source: str, name: str, folder: Path):
 def audit(connection: Path, site: str = "site-1") -> list[dict]:
     path = connection.parent / site / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def running_deployment(data: str, state: Path, sites: int = 2):
+    """A started Deployment of ``sites`` IID sites on free loopback ports (a generator for fixtures)."""
+    from conftest import free_base_port
+
+    from fl_syft.launch import Deployment, LaunchOptions
+    from fl_syft.partition import PartitionSpec
+
+    opts = LaunchOptions(partition=PartitionSpec(sites=sites), data=data, base_port=free_base_port(sites),
+                         state_dir=state)
+    with Deployment(opts) as d:
+        d.table = d.start()
+        yield d

@@ -8,13 +8,11 @@ import textwrap
 import time
 
 import pytest
-from conftest import free_base_port
-from syft_helpers import audit, function_from_source, login, submit
+from syft_helpers import audit, function_from_source, login, running_deployment, submit
 
 from fl_syft.experiment import ml_experiment
-from fl_syft.launch import ADMIN_EMAIL, Deployment, LaunchOptions
+from fl_syft.launch import ADMIN_EMAIL
 from fl_syft.orchestrator import connect, ds_password, read_connection
-from fl_syft.partition import PartitionSpec
 
 pytestmark = pytest.mark.syft
 VETTED_SOURCE = textwrap.dedent(inspect.getsource(ml_experiment))
@@ -22,11 +20,7 @@ VETTED_SOURCE = textwrap.dedent(inspect.getsource(ml_experiment))
 
 @pytest.fixture(scope="module")
 def deployment(small_idx, tmp_path_factory):
-    opts = LaunchOptions(partition=PartitionSpec(sites=2), data=f"idx:{small_idx}",
-                         base_port=free_base_port(2), state_dir=tmp_path_factory.mktemp("state"))
-    with Deployment(opts) as d:
-        d.start()
-        yield d
+    yield from running_deployment(f"idx:{small_idx}", tmp_path_factory.mktemp("state"))
 
 
 def attacker(deployment, name: str, index: int = 0):

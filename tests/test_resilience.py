@@ -10,12 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import error_line, free_base_port
-from syft_helpers import audit, login
+from conftest import error_line
+from syft_helpers import audit, login, running_deployment
 
 from fl_syft.cli import main
-from fl_syft.launch import Deployment, LaunchOptions
-from fl_syft.partition import PartitionSpec
 from fl_syft.report import load_model
 
 pytestmark = pytest.mark.syft
@@ -23,11 +21,7 @@ pytestmark = pytest.mark.syft
 
 @pytest.fixture(scope="module")
 def deployment(small_idx, tmp_path_factory):
-    opts = LaunchOptions(partition=PartitionSpec(sites=2), data=f"idx:{small_idx}",
-                         base_port=free_base_port(2), state_dir=tmp_path_factory.mktemp("state"))
-    with Deployment(opts) as d:
-        d.start()
-        yield d
+    yield from running_deployment(f"idx:{small_idx}", tmp_path_factory.mktemp("state"))
 
 
 def run_args(deployment, small_idx, out, *extra) -> list[str]:

@@ -17,12 +17,12 @@ import numpy as np
 import psutil
 import pytest
 from conftest import error_line, free_base_port
-from syft_helpers import audit, function_from_source, login, submit, wait_decision
+from syft_helpers import audit, function_from_source, login, running_deployment, submit, wait_decision
 
 from fl_syft.cli import main
 from fl_syft.data import load_mnist
 from fl_syft.experiment import ml_experiment
-from fl_syft.launch import Deployment, LaunchOptions, check_port_free
+from fl_syft.launch import check_port_free
 from fl_syft.orchestrator import connect, ds_password, read_connection
 from fl_syft.partition import PartitionSpec, make_shards
 from fl_syft.simulate import local_sites
@@ -34,11 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def deployment(small_idx, tmp_path_factory):
-    opts = LaunchOptions(partition=PartitionSpec(sites=2), data=f"idx:{small_idx}",
-                         base_port=free_base_port(2), state_dir=tmp_path_factory.mktemp("state"))
-    with Deployment(opts) as d:
-        d.table = d.start()
-        yield d
+    yield from running_deployment(f"idx:{small_idx}", tmp_path_factory.mktemp("state"))
 
 
 @pytest.fixture(scope="module")
