@@ -213,8 +213,9 @@ def test_notebook_executes_top_to_bottom(deployment, small_idx):
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "final global test accuracy" in text
+    results = [o["data"]["text/plain"] for c in nb.cells for o in c.get("outputs", [])
+               if o.get("output_type") == "execute_result"]
+    assert any("final global test accuracy" in r for r in results)
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
