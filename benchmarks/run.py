@@ -95,6 +95,20 @@ def bench_accuracy(mnist) -> list[dict]:
     return rows
 
 
+def free_base(n: int) -> int:
+    """A base port with ``n`` free loopback ports after it (checked now; the OS may still race us)."""
+    from fl_syft.launch import LaunchError, check_port_free
+
+    for base in range(56000, 65000 - n, n + 1):
+        try:
+            for port in range(base, base + n):
+                check_port_free("127.0.0.1", port)
+            return base
+        except LaunchError:
+            continue
+    raise RuntimeError("no free ports")
+
+
 def peak_rss_mb(pids: list[int]) -> list[float]:
     """VmHWM (peak resident set) of each process, in MiB."""
     out = []
@@ -108,7 +122,7 @@ def peak_rss_mb(pids: list[int]) -> list[float]:
 def bench_syft(mnist, work: Path) -> dict:
     """PySyft vs in-process round time, iid-2, 5 rounds x 20 local iterations; approval latency."""
     spec, cfg = spec_for("iid-2"), TrainConfig(rounds=5)
-    with Deployment(LaunchOptions(partition=spec, base_port=55800, state_dir=work / "syft")) as d:
+    with Deployment(LaunchOptions(partition=spec, base_port=free_base(2), state_dir=work / "syft")) as d:
         t = time.perf_counter()
         d.start()
         launch_s = time.perf_counter() - t
@@ -149,7 +163,7 @@ def bench_scaling(mnist, work: Path) -> list[dict]:
     """PySyft round time at the same total data (60k rows) over 2, 5 and 10 datasites."""
     rows = []
     for n in (2, 5, 10):
-        with Deployment(LaunchOptions(partition=PartitionSpec(sites=n), base_port=55800,
+        with Deployment(LaunchOptions(partition=PartitionSpec(sites=n), base_port=free_base(n),
                                       state_dir=work / f"scale{n}")) as d:
             d.start()
             conn = d.connection_file
@@ -202,7 +216,7 @@ def bench_lbfgs_syft(mnist, work: Path) -> dict:
     ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
     from fl_syft.experiment import lr_loss_grad
 
-    with Deployment(LaunchOptions(partition=spec, base_port=55800, state_dir=work / "lbfgs")) as d:
+    with Deployment(LaunchOptions(partition=spec, base_port=free_base(10), state_dir=work / "lbfgs")) as d:
         d.start()
         conn = d.connection_file
         sites = connect(read_connection(conn), ds_password(conn), functions=(lr_loss_grad,))
@@ -226,8 +240,9 @@ def write_markdown(results: dict) -> None:
     r, lines = results, ["# fl-syft benchmark results", ""]
     m = r["machine"]
     blas = ", ".join(f"{b['internal_api']} {b['version']}" for b in m["blas"])
-    lines += [f"Measured {m['date']} in one run of `python benchmarks/run.py` on {m['cpus']} cores "
-              f"({m['platform']}, Python {m['python']}), 1 BLAS thread per process ({blas}). "
+    when = ", ".join(f"{k} {v}" for k, v in r.get("measured", {}).items())
+    lines += [f"Measured with `python benchmarks/run.py` on {m['cpus']} cores ({m['platform']}, Python "
+              f"{m['python']}), 1 BLAS thread per process ({blas}); sections measured at: {when}. "
               "MNIST 60k train / 10k test, C=1.0. Times are medians (rounds after the first; demo over repeats).", ""]
     if "accuracy" in r:
         lines += ["## Accuracy per scenario and algorithm (in-process)", "",
@@ -292,8 +307,13 @@ def write_markdown(results: dict) -> None:
 
 def main_bench(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to measure (others keep their figures in results.json)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        write_markdown(json.loads((HERE / "results.json").read_text()))
+        return 0
     warnings.filterwarnings("ignore", message="lbfgs failed to converge")  # local rounds stop early on purpose
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -306,6 +326,7 @@ def main_bench(argv: list[str] | None = None) -> int:
                  "reference": lambda: bench_reference(mnist), "lbfgs-syft": lambda: bench_lbfgs_syft(mnist, work)}
         for name in args.only:
             results[name] = steps[name]()
+            results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")
             results["orchestrator_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             results_path.write_text(json.dumps(results, indent=2))
             write_markdown(results)
