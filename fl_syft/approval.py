@@ -94,9 +94,12 @@ def read_inputs(code) -> dict:
 
 
 class Approver:
-    """Polls a datasite's pending requests and decides each one (runs in the site process)."""
+    """Polls a datasite's pending requests and decides each one (runs in the site process).
 
-    def __init__(self, root_client, site: str, audit_path: Path, poll_seconds: float = 0.1):
+    A poll costs ~4 ms of CPU; every 0.25 s keeps decisions within 0.5 s without taxing
+    the cores the sites compute on (10 sites polling every 0.1 s took ~40% of a core)."""
+
+    def __init__(self, root_client, site: str, audit_path: Path, poll_seconds: float = 0.25):
         self.client, self.site, self.audit_path = root_client, site, audit_path
         self.poll_seconds = poll_seconds
         self.vetted = vetted_fingerprints()
