@@ -1,7 +1,7 @@
 """Benchmark harness (not a test): writes benchmarks/RESULTS.md and benchmarks/results.json.
 
     python benchmarks/run.py                 # everything (~30 min on 2 cores)
-    python benchmarks/run.py --only syft     # sections: accuracy, syft, demo, scaling, reference, lbfgs-syft
+    python benchmarks/run.py --only syft     # sections: data, accuracy, syft, demo, scaling, reference, lbfgs-syft
 
 Every figure is measured in the same run on this machine; timings are medians of repeats.
 """
@@ -35,7 +35,7 @@ from fl_syft.simulate import local_sites
 from fl_syft.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft")
+SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft")
 FEDAVG_ROUNDS = 30
 
 
@@ -62,6 +62,17 @@ def split(history: list[dict]) -> dict:
     rows = [m for r in history[1:] or history for m in r["sites"].values()]
     return {"compute_s": statistics.median(m["compute_seconds"] for m in rows),
             "transport_s": statistics.median(m["transport_seconds"] for m in rows)}
+
+
+def bench_data(repeats: int = 5) -> dict:
+    """Embedded MNIST load: first (hash check + restricted unpickle + cache write) and from the cache."""
+    code = "import time; from fl_syft.data import load_mnist; t = time.perf_counter(); load_mnist(); " \
+           "print(time.perf_counter() - t)"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "FL_SYFT_CACHE_DIR": cache}
+        runs = [float(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                     text=True).stdout) for _ in range(repeats + 1)]
+    return {"first_load_seconds": runs[0], "cached_load_seconds": statistics.median(runs[1:]), "repeats": repeats}
 
 
 def bench_accuracy(mnist) -> list[dict]:
@@ -244,6 +255,11 @@ def write_markdown(results: dict) -> None:
     lines += [f"Measured with `python benchmarks/run.py` on {m['cpus']} cores ({m['platform']}, Python "
               f"{m['python']}), 1 BLAS thread per process ({blas}); sections measured at: {when}. "
               "MNIST 60k train / 10k test, C=1.0. Times are medians (rounds after the first; demo over repeats).", ""]
+    if "data" in r:
+        x = r["data"]
+        lines += ["## Embedded MNIST load", "", f"First load (SHA-256 check, restricted unpickle, uint8 conversion, "
+                  f"cache write): {x['first_load_seconds']:.2f} s; from the .npz cache: "
+                  f"{x['cached_load_seconds']:.3f} s (median of {x['repeats']}, fresh process each).", ""]
     if "accuracy" in r:
         lines += ["## Accuracy per scenario and algorithm (in-process)", "",
                   "| scenario | algorithm | rounds | final | ceiling | gap (pp) | rounds to ceiling-0.2pp | "
@@ -321,7 +337,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     mnist = load_mnist()
     with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        steps = {"accuracy": lambda: bench_accuracy(mnist), "syft": lambda: bench_syft(mnist, work),
+        steps = {"data": bench_data, "accuracy": lambda: bench_accuracy(mnist), "syft": lambda: bench_syft(mnist, work),
                  "demo": lambda: bench_demo(work), "scaling": lambda: bench_scaling(mnist, work),
                  "reference": lambda: bench_reference(mnist), "lbfgs-syft": lambda: bench_lbfgs_syft(mnist, work)}
         for name in args.only:

@@ -94,17 +94,22 @@ def read_inputs(code) -> dict:
 
 
 class Approver:
-    """Polls a datasite's pending requests and decides each one (runs in the site process).
+    """Decides a datasite's pending requests as they arrive (runs in the site process).
 
-    A poll costs ~4 ms of CPU; every 0.25 s keeps decisions within 0.5 s without taxing
-    the cores the sites compute on (10 sites polling every 0.1 s took ~40% of a core)."""
+    Listing pending requests through PySyft deserializes every request ever made, so
+    each poll first asks the database for the number of requests (one COUNT, well under
+    a millisecond) and lists them only when it changed: decisions within ``poll_seconds``
+    without taxing the cores the sites compute on. ``count_requests`` returns that number.
+    """
 
-    def __init__(self, root_client, site: str, audit_path: Path, poll_seconds: float = 0.25):
-        self.client, self.site, self.audit_path = root_client, site, audit_path
+    def __init__(self, root_client, count_requests: Callable[[], int], site: str, audit_path: Path,
+                 poll_seconds: float = 0.1):
+        self.client, self.count_requests, self.site, self.audit_path = root_client, count_requests, site, audit_path
         self.poll_seconds = poll_seconds
         self.vetted = vetted_fingerprints()
         self.asset_id = str(root_client.datasets[0].assets[0].action_id)
         self._lock = threading.Lock()
+        self._settled = -1  # request count when every request was last decided
 
     def run_forever(self) -> None:
         while True:
@@ -115,10 +120,14 @@ class Approver:
             time.sleep(self.poll_seconds)
 
     def poll_once(self) -> int:
-        """Decide every pending request; return how many were decided."""
+        """Decide every pending request if any arrived since the last pass; return how many."""
+        count = self.count_requests()
+        if count == self._settled:
+            return 0
         pending = self.client.requests.get_all_pending()
         for request in pending:
             self.handle(request)
+        self._settled = count  # only after every decision: a failed pass is retried
         return len(pending)
 
     def handle(self, request) -> Decision:

@@ -146,7 +146,8 @@ def serve(spec: SiteSpec) -> None:
 
     from fl_syft.approval import Approver
 
-    approver = Approver(server.root_client, spec.name, spec.dir / "audit.jsonl")
+    approver = Approver(server.root_client, lambda: len(server.services.request.stash), spec.name,
+                        spec.dir / "audit.jsonl")
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
     _exit_with_parent()
     write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid()}))
