@@ -134,6 +134,7 @@ def _algorithm(config: dict) -> str:
 
 def _plot_convergence(path: Path, history: list[dict], baselines: dict, config: dict) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -154,6 +155,7 @@ def _plot_convergence(path: Path, history: list[dict], baselines: dict, config: 
         mean = 100 * np.mean([v["test_accuracy"] for v in baselines["local_only"].values()])
         ax.axhline(mean, color="tab:red", lw=1.5, ls=":", label=f"local-only mean, MNIST test ({mean:.2f}%)")
     ax.set_xlabel("round (one call to every site)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     final = 100 * history[-1]["global_test_accuracy"]
     low = min([final] + [100 * v["test_accuracy"] for v in baselines.get("local_only", {}).values()])
@@ -191,9 +193,12 @@ def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
     sites = sorted(local, key=lambda s: (len(s), s))
     x = np.arange(len(sites))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sites) + 3), 4.6))
-    ax.bar(x - 0.2, [100 * local[s]["test_accuracy"] for s in sites], 0.4, color="tab:red", alpha=0.8,
-           label="local-only (site alone)")
-    ax.bar(x + 0.2, [100 * federated] * len(sites), 0.4, color="tab:blue", alpha=0.8, label="federated global model")
+    alone = ax.bar(x - 0.2, [100 * local[s]["test_accuracy"] for s in sites], 0.4, color="tab:red", alpha=0.8,
+                   label="local-only (site alone)")
+    together = ax.bar(x + 0.2, [100 * federated] * len(sites), 0.4, color="tab:blue", alpha=0.8,
+                      label="federated global model")
+    for bars in (alone, together):
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     if baselines.get("centralized"):
         ax.axhline(100 * baselines["centralized"]["test_accuracy"], color="tab:green", lw=1.5,
                    label="centralized ceiling")
