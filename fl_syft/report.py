@@ -162,7 +162,7 @@ def _plot_convergence(path: Path, history: list[dict], baselines: dict, config: 
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_title(f"Convergence: {len(sites)} sites, final global test accuracy {final:.2f}%")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
