@@ -317,6 +317,8 @@ def write_markdown(results: dict) -> None:
                   f"{100 * x['final']:.2f}% vs ceiling {100 * x['ceiling']:.2f}% (gap {x['gap_pp']:+.2f} pp) in "
                   f"{x['rounds']} rounds, {x['wall_seconds']:.0f} s ({x['median_round_seconds']:.2f} s per round: "
                   f"compute {x['compute_s']:.2f} s, transport {x['transport_s']:.2f} s per site call).", ""]
+    if r.get("notes"):
+        lines += ["## Notes on these measurements", "", *[f"- {note}" for note in r["notes"]], ""]
     lines += [f"Peak RSS of the benchmark (orchestrator) process: {r['orchestrator_peak_rss_mb']:.0f} MiB.", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
