@@ -294,7 +294,7 @@ def _functions(algorithm: str, baselines: bool | None) -> tuple:
 
 
 def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: Path | None, *,
-                      res: Resilience | None = None, params: dict | None = None,
+                      res: Resilience = Resilience(), params: dict | None = None,
                       history: list[dict] | None = None, algorithm: str = "fedavg", baselines: bool = False,
                       shards: list | None = None) -> int:
     """Train, score the baselines if asked, and write every output; return the exit code."""
@@ -304,7 +304,6 @@ def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: P
     from fl_syft.report import metrics, write_outputs, write_report
     from fl_syft.training import train
 
-    res = res or Resilience()
     if history and len(history) >= cfg.rounds:
         log.info("nothing to do: %d of %d rounds already completed", len(history), cfg.rounds)
         return 0

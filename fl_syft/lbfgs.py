@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import minimize
 from tqdm import tqdm
 
-from fl_syft.evaluate import score
 from fl_syft.fedavg import N_CLASSES, N_FEATURES, sum_gradients, validate_gradient
-from fl_syft.training import Resilience, Site, TrainConfig, call_sites, format_round, log, site_record
+from fl_syft.training import Resilience, Site, TrainConfig, call_sites, format_round, log, round_record
 
 GTOL = 1e-4  # scikit-learn's default tol for lbfgs
 
@@ -37,7 +37,7 @@ def train_lbfgs(
     X_test: np.ndarray,
     y_test: np.ndarray,
     on_round: Callable[[dict, list[dict]], None] | None = None,
-    resilience: Resilience | None = None,
+    resilience: Resilience = Resilience(),
 ) -> tuple[dict, list[dict]]:
     """At most ``cfg.rounds`` rounds (objective evaluations; one more if the optimizer's
     answer is not the last point it evaluated); return (params, history).
@@ -45,8 +45,7 @@ def train_lbfgs(
     Every site must answer every round (a missing site would change the objective), so
     ``resilience.min_sites`` is ignored; retries still apply.
     """
-    resilience = resilience or Resilience()
-    res = Resilience(retries=resilience.retries, backoff=resilience.backoff, min_sites=None)
+    res = replace(resilience, min_sites=None)
     history: list[dict] = []
     evaluated: list[np.ndarray] = []
 
@@ -60,12 +59,8 @@ def train_lbfgs(
         W = params["coef"]
         value = (total["loss"] + 0.5 * np.sum(W * W) / cfg.C) / n
         grad = np.concatenate([(total["grad_coef"] + W / cfg.C).ravel(), total["grad_intercept"]]) / n
-        test = score(params, X_test, y_test)
-        record = {"round": rnd, "global_test_accuracy": test["accuracy"], "global_test_loss": test["loss"],
-                  "objective": float(value), "grad_max": float(np.abs(grad).max()),
-                  "seconds": time.perf_counter() - started,
-                  "sites": {name: site_record(result, wall) for name, (result, wall) in calls.items()},
-                  "dropped": {}}
+        record = round_record(rnd, params, calls, {}, started, X_test, y_test)
+        record.update(objective=float(value), grad_max=float(np.abs(grad).max()))
         history.append(record)
         evaluated.append(theta.copy())
         bar.update()

@@ -112,15 +112,7 @@ def train(
             started = time.perf_counter()
             calls, dropped = call_sites(pool, sites, "fit", params, site_cfg, resilience, rnd, validate_result)
             params = fedavg({name: result for name, (result, _) in calls.items()})
-            test = score(params, X_test, y_test)
-            record = {
-                "round": rnd,
-                "global_test_accuracy": test["accuracy"],
-                "global_test_loss": test["loss"],
-                "seconds": time.perf_counter() - started,
-                "sites": {name: site_record(result, wall) for name, (result, wall) in calls.items()},
-                "dropped": dropped,
-            }
+            record = round_record(rnd, params, calls, dropped, started, X_test, y_test)
             history.append(record)
             tqdm.write(format_round(record))
             if on_round:
@@ -182,6 +174,17 @@ def _call_with_retries(site: Site, method: str, params: dict, config: dict, res:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def round_record(rnd: int, params: dict, calls: dict[str, tuple[dict, float]], dropped: dict[str, str],
+                 started: float, X_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """One entry of the run's history: the new global model scored on the test set, the
+    round's wall time since ``started`` (perf_counter), and each site's metrics."""
+    test = score(params, X_test, y_test)
+    return {"round": rnd, "global_test_accuracy": test["accuracy"], "global_test_loss": test["loss"],
+            "seconds": time.perf_counter() - started,
+            "sites": {name: site_record(result, wall) for name, (result, wall) in calls.items()},
+            "dropped": dropped}
 
 
 def site_record(result: dict, wall: float) -> dict:
