@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_syft.experiment import fingerprint, ml_experiment
+from fl_syft.training import one_line
 
 log = logging.getLogger("fl_syft.orchestrator")
 
@@ -151,7 +152,7 @@ class SyftSite:
             with quiet():
                 return self._calls[name](data=self.asset, global_params=global_params, config=config).get()
         except SyftException as e:
-            raise OrchestratorError(f"{self.name}: {name} failed: {_first_line(e)}") from None
+            raise OrchestratorError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
         except OSError as e:
             raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
@@ -188,7 +189,7 @@ def _login(address: SiteAddress, password: str):
         raise OrchestratorError(f"cannot reach {address.label} at {where}: is the datasite running "
                                 "(python launch_datasites.py) and the URL/port right?") from None
     except SyftException as e:
-        message = _first_line(e)
+        message = one_line(e, 400)
         if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
             raise OrchestratorError(f"login to {address.label} at {where} failed for {address.email}: wrong email "
                                     f"or password (set {DS_PASSWORD_ENV})") from None
@@ -196,11 +197,6 @@ def _login(address: SiteAddress, password: str):
     if address.name and client.name != address.name:
         raise OrchestratorError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
     return client
-
-
-def _first_line(e: BaseException) -> str:
-    text = getattr(e, "public_message", None) or str(e) or type(e).__name__
-    return " ".join(text.split())[:400]
 
 
 def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0,

@@ -139,7 +139,7 @@ def call_sites(pool: ThreadPoolExecutor, sites: Sequence[Site], method: str, par
         except SiteResultError:
             raise
         except Exception as e:
-            dropped[name] = _one_line(e)
+            dropped[name] = one_line(e)
     need = res.min_sites or len(sites)
     if len(calls) < need:
         raise SitesFailed(f"round {rnd}: {'; '.join(dropped.values())} "
@@ -164,7 +164,7 @@ def _call_with_retries(site: Site, method: str, params: dict, config: dict, res:
                 raise
             wait = res.backoff * 2 ** attempt
             attempt += 1
-            log.warning("%s failed (%s); retry %d/%d in %.1f s", site.name, _one_line(e), attempt,
+            log.warning("%s failed (%s); retry %d/%d in %.1f s", site.name, one_line(e), attempt,
                         res.retries, wait)
             time.sleep(wait)
     wall = time.perf_counter() - started
@@ -172,8 +172,10 @@ def _call_with_retries(site: Site, method: str, params: dict, config: dict, res:
     return result, wall
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``e``'s message (PySyft's ``public_message`` if it has one) as one line of at most ``limit`` chars."""
+    text = getattr(e, "public_message", None) or str(e)
+    return " ".join(text.split())[:limit] or type(e).__name__
 
 
 def round_record(rnd: int, params: dict, calls: dict[str, tuple[dict, float]], dropped: dict[str, str],
