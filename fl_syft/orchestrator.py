@@ -107,14 +107,14 @@ class SyftSite:
         """Submit the vetted ``fn`` (or reuse an earlier request) and wait for the owner's decision."""
         import syft as sy
 
-        name = fn.__name__
-        if self._request(fn) is None:
+        name, wanted = fn.__name__, fingerprint(inspect.getsource(fn))
+        if self._request(name, wanted) is None:
             policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
             with quiet():
                 self.client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
         deadline = time.monotonic() + timeout
         while True:
-            request = self._request(fn)
+            request = self._request(name, wanted)
             status = str(request.status).rsplit(".", 1)[-1] if request else "PENDING"
             if status == "APPROVED":
                 self._calls[name] = _bind_user_code(self.client, request.code)
@@ -126,12 +126,12 @@ class SyftSite:
                                         "is the data owner's approver running?")
             time.sleep(0.1)
 
-    def _request(self, fn: Callable):
-        """Our request for exactly the vetted ``fn`` (not an older, different version)."""
-        wanted = fingerprint(inspect.getsource(fn))
+    def _request(self, name: str, wanted: str):
+        """Our request for function ``name`` with exactly the fingerprint ``wanted`` (not an
+        older, different version of it)."""
         for request in reversed(self.client.requests.get_all()):
             code = request.code
-            if code.service_func_name == fn.__name__ and _fingerprint_or_none(code.raw_code) == wanted:
+            if code.service_func_name == name and _fingerprint_or_none(code.raw_code) == wanted:
                 return request
         return None
 
