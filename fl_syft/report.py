@@ -23,8 +23,13 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def write_model(path: Path, params: dict) -> None:
+    _savez_atomic(path, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]))
+
+
+def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to a temporary file, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]))
+    np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
@@ -58,11 +63,9 @@ class CheckpointError(Exception):
 
 def write_checkpoint(path: Path, config: dict, history: list[dict], params: dict) -> None:
     """One file, so params and history can never be from different rounds."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     state = json.dumps({"config": config, "history": history}, default=_plain)
-    np.savez(tmp, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]),
-             state=np.array(state))
-    tmp.replace(path)
+    _savez_atomic(path, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]),
+                  state=np.array(state))
 
 
 def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
