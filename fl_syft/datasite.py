@@ -52,13 +52,13 @@ class SiteSpec:
         return cls(**json.loads(path.read_text()))
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file readable only by its owner (mode 0600 from creation, no window)."""
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write a file readable only by its owner (mode 0600 from creation, no window), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
     tmp.replace(path)
 
 

@@ -7,6 +7,7 @@ every site answers, so its presence means "ready"; it is removed on shutdown.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -103,7 +104,7 @@ class Deployment:
                 raise LaunchError(f"--keep: no saved state for {name} in {site_dir}; start once without --keep")
             if not opts.keep:
                 shutil.rmtree(site_dir, ignore_errors=True)
-                _save_private_npy(site_dir / "shard.npy", shards[i])
+                write_private(site_dir / "shard.npy", _npy_bytes(shards[i]))
             spec = SiteSpec(name=name, host=opts.host, port=port, state_dir=str(site_dir),
                             admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
                             ds_password=pw["ds_password"], fresh=not opts.keep,
@@ -257,11 +258,10 @@ def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:
     return values
 
 
-def _save_private_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _answers(spec: SiteSpec) -> bool:
