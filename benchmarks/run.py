@@ -9,6 +9,7 @@ Every figure is measured in the same run on this machine; timings are medians of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,9 +26,10 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from fl_syft import baselines
-from fl_syft.cli import SCENARIOS
+from fl_syft.cli import SCENARIOS, build_parser, partition_spec
 from fl_syft.data import load_mnist
-from fl_syft.launch import Deployment, LaunchOptions
+from fl_syft.experiment import lr_loss_grad, ml_experiment
+from fl_syft.launch import Deployment, LaunchOptions, free_base_port
 from fl_syft.lbfgs import train_lbfgs
 from fl_syft.orchestrator import connect, ds_password, read_connection
 from fl_syft.partition import PartitionSpec, make_shards
@@ -39,11 +41,9 @@ SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-s
 FEDAVG_ROUNDS = 30
 
 
-def spec_for(scenario: str, seed: int = 0) -> PartitionSpec:
-    p = SCENARIOS[scenario]
-    return PartitionSpec(kind=p["partition"], sites=p.get("sites", len(p.get("sizes", ()))), alpha=p.get("alpha", 0.5),
-                         sizes=tuple(p.get("sizes", ())), noisy_sites=tuple(p.get("noisy_sites", ())),
-                         noise_std=p.get("noise_std", 0.0), seed=seed)
+def spec_for(scenario: str) -> PartitionSpec:
+    """The partition ``fl-syft simulate --scenario NAME`` uses."""
+    return partition_spec(build_parser(scenario).parse_args(["simulate", "--scenario", scenario]))
 
 
 def rounds_to_within(history: list[dict], ceiling: float, pp: float = 0.2) -> int | None:
@@ -106,18 +106,17 @@ def bench_accuracy(mnist) -> list[dict]:
     return rows
 
 
-def free_base(n: int) -> int:
-    """A base port with ``n`` free loopback ports after it (checked now; the OS may still race us)."""
-    from fl_syft.launch import LaunchError, check_port_free
-
-    for base in range(56000, 65000 - n, n + 1):
-        try:
-            for port in range(base, base + n):
-                check_port_free("127.0.0.1", port)
-            return base
-        except LaunchError:
-            continue
-    raise RuntimeError("no free ports")
+@contextlib.contextmanager
+def deployed(spec: PartitionSpec, state: Path, functions: tuple = (ml_experiment,)):
+    """Started datasites for ``spec`` and the scientist's sites with ``functions`` approved;
+    yields (deployment, sites, {"launch": s, "connect": s (login + approvals, all sites)})."""
+    with Deployment(LaunchOptions(partition=spec, base_port=free_base_port(spec.n_sites), state_dir=state)) as d:
+        t = time.perf_counter()
+        d.start()
+        launch = time.perf_counter() - t
+        t = time.perf_counter()
+        sites = connect(read_connection(d.connection_file), ds_password(d.connection_file), functions=functions)
+        yield d, sites, {"launch": launch, "connect": time.perf_counter() - t}
 
 
 def peak_rss_mb(pids: list[int]) -> list[float]:
@@ -133,21 +132,14 @@ def peak_rss_mb(pids: list[int]) -> list[float]:
 def bench_syft(mnist, work: Path) -> dict:
     """PySyft vs in-process round time, iid-2, 5 rounds x 20 local iterations; approval latency."""
     spec, cfg = spec_for("iid-2"), TrainConfig(rounds=5)
-    with Deployment(LaunchOptions(partition=spec, base_port=free_base(2), state_dir=work / "syft")) as d:
-        t = time.perf_counter()
-        d.start()
-        launch_s = time.perf_counter() - t
-        conn = d.connection_file
-        t = time.perf_counter()
-        sites = connect(read_connection(conn), ds_password(conn))
-        approval_s = (time.perf_counter() - t) / len(sites)
+    with deployed(spec, work / "syft") as (d, sites, timings):
         _, syft_hist = train(sites, cfg, mnist.X_test, mnist.y_test)
         site_rss = peak_rss_mb([p.pid for p in d.procs.values()])
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
     _, sim_hist = train(local_sites(shards), cfg, mnist.X_test, mnist.y_test)
     syft_round, sim_round = median_round(syft_hist), median_round(sim_hist)
     print(f"syft round {syft_round:.2f} s vs simulate {sim_round:.2f} s", flush=True)
-    return {"launch_seconds": launch_s, "login_and_approval_seconds_per_site": approval_s,
+    return {"launch_seconds": timings["launch"], "login_and_approval_seconds_per_site": timings["connect"] / len(sites),
             "syft_round_seconds": syft_round, "simulate_round_seconds": sim_round, "ratio": syft_round / sim_round,
             "syft_split": split(syft_hist), "simulate_split": split(sim_hist),
             "syft_final": syft_hist[-1]["global_test_accuracy"], "simulate_final": sim_hist[-1]["global_test_accuracy"],
@@ -174,11 +166,7 @@ def bench_scaling(mnist, work: Path) -> list[dict]:
     """PySyft round time at the same total data (60k rows) over 2, 5 and 10 datasites."""
     rows = []
     for n in (2, 5, 10):
-        with Deployment(LaunchOptions(partition=PartitionSpec(sites=n), base_port=free_base(n),
-                                      state_dir=work / f"scale{n}")) as d:
-            d.start()
-            conn = d.connection_file
-            sites = connect(read_connection(conn), ds_password(conn))
+        with deployed(PartitionSpec(sites=n), work / f"scale{n}") as (d, sites, _):
             _, hist = train(sites, TrainConfig(rounds=4), mnist.X_test, mnist.y_test)
             rss = peak_rss_mb([p.pid for p in d.procs.values()])
         rows.append({"sites": n, "round_seconds": median_round(hist), **split(hist),
@@ -225,12 +213,7 @@ def bench_lbfgs_syft(mnist, work: Path) -> dict:
     spec = spec_for("dirichlet-0.1-10")
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
     ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
-    from fl_syft.experiment import lr_loss_grad
-
-    with Deployment(LaunchOptions(partition=spec, base_port=free_base(10), state_dir=work / "lbfgs")) as d:
-        d.start()
-        conn = d.connection_file
-        sites = connect(read_connection(conn), ds_password(conn), functions=(lr_loss_grad,))
+    with deployed(spec, work / "lbfgs", functions=(lr_loss_grad,)) as (_, sites, _):
         t = time.perf_counter()
         _, hist = train_lbfgs(sites, TrainConfig(rounds=500), mnist.X_test, mnist.y_test)
         wall = time.perf_counter() - t

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -215,6 +216,21 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise LaunchError(f"port {port} on {host} is already in use ({e.strerror}): stop what runs "
                               "there or choose another --base-port") from None
+
+
+def free_base_port(n: int, host: str = "127.0.0.1") -> int:
+    """A base port with ``n`` consecutive ports that pass :func:`check_port_free` now (another
+    process may still take one before we bind); for runs beside other servers (tests, benchmarks)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        try:
+            for port in range(base, base + n):
+                check_port_free(host, port)
+            return base
+        except LaunchError:
+            continue
+    raise LaunchError(f"no {n} consecutive free ports found on {host}")
 
 
 def site_db_url(db_url: str, site: str) -> str:

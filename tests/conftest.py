@@ -40,24 +40,6 @@ def synthetic_shard(n: int, seed: int = 0, classes: int = 10) -> np.ndarray:
     return np.column_stack([X, y]).astype(np.uint8)
 
 
-def free_base_port(n: int) -> int:
-    """A base port with ``n`` consecutive free loopback ports after it."""
-    import random
-    import socket
-
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
-
-
 def error_line(stderr: str) -> str:
     """The single 'fl-syft: ...error...' line a failing command printed (and no traceback)."""
     assert "Traceback" not in stderr, stderr

@@ -57,9 +57,7 @@ def audit(connection: Path, site: str = "site-1") -> list[dict]:
 
 def running_deployment(data: str, state: Path, sites: int = 2):
     """A started Deployment of ``sites`` IID sites on free loopback ports (a generator for fixtures)."""
-    from conftest import free_base_port
-
-    from fl_syft.launch import Deployment, LaunchOptions
+    from fl_syft.launch import Deployment, LaunchOptions, free_base_port
     from fl_syft.partition import PartitionSpec
 
     opts = LaunchOptions(partition=PartitionSpec(sites=sites), data=data, base_port=free_base_port(sites),

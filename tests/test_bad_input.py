@@ -12,10 +12,11 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import error_line, free_base_port
+from conftest import error_line
 
 from fl_syft import simulate
 from fl_syft.cli import main
+from fl_syft.launch import free_base_port
 
 ROUNDS = ["--rounds", "1", "--local-iters", "2"]
 

@@ -9,10 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import free_base_port
 
 from fl_syft.cli import main
-from fl_syft.launch import Deployment, LaunchOptions
+from fl_syft.launch import Deployment, LaunchOptions, free_base_port
 from fl_syft.partition import PartitionSpec
 
 pytestmark = pytest.mark.syft

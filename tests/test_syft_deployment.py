@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import error_line, free_base_port
+from conftest import error_line
 from syft_helpers import audit, function_from_source, login, running_deployment, submit, wait_decision
 
 from fl_syft.cli import main
 from fl_syft.data import load_mnist
 from fl_syft.experiment import ml_experiment
-from fl_syft.launch import check_port_free
+from fl_syft.launch import check_port_free, free_base_port
 from fl_syft.orchestrator import connect, ds_password, read_connection
 from fl_syft.partition import PartitionSpec, make_shards
 from fl_syft.simulate import local_sites
