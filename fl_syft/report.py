@@ -131,6 +131,11 @@ def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test:
     return path
 
 
+def _site_order(names) -> list[str]:
+    """site-1, site-2, ..., site-10 (numeric, not lexical, order)."""
+    return sorted(names, key=lambda s: (len(s), s))
+
+
 def _algorithm(config: dict) -> str:
     return {"fedavg": "FedAvg", "lbfgs": "federated L-BFGS"}[config.get("algorithm", "fedavg")]
 
@@ -143,7 +148,7 @@ def _plot_convergence(path: Path, history: list[dict], baselines: dict, config: 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.plot(rounds, [100 * r["global_test_accuracy"] for r in history], "o-" if len(rounds) <= 40 else "-",
             color="black", lw=2, ms=4, label=f"global model ({_algorithm(config)}), MNIST test")
-    sites = sorted({s for r in history for s in r["sites"]}, key=lambda s: (len(s), s))
+    sites = _site_order({s for r in history for s in r["sites"]})
     for i, site in enumerate(sites):
         points = [(r["round"], 100 * r["sites"][site]["train_accuracy"]) for r in history
                   if site in r["sites"] and r["sites"][site].get("train_accuracy") is not None]
@@ -193,7 +198,7 @@ def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
     import matplotlib.pyplot as plt
 
     local = baselines["local_only"]
-    sites = sorted(local, key=lambda s: (len(s), s))
+    sites = _site_order(local)
     x = np.arange(len(sites))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sites) + 3), 4.6))
     alone = ax.bar(x - 0.2, [100 * local[s]["test_accuracy"] for s in sites], 0.4, color="tab:red", alpha=0.8,
@@ -242,7 +247,9 @@ def _markdown(doc: dict, label_histogram: dict | None, has_comparison: bool) -> 
         c = baselines["centralized"]["test_accuracy"]
         lines.append(f"| centralized ceiling (pooled shards; computable only in simulation) | {100 * c:.2f}% "
                      f"(gap {100 * (c - final['global_test_accuracy']):+.2f} pp) |")
-    for site, v in sorted(baselines.get("local_only", {}).items(), key=lambda kv: (len(kv[0]), kv[0])):
+    local = baselines.get("local_only", {})
+    for site in _site_order(local):
+        v = local[site]
         lines.append(f"| {site} alone (local-only, {v['n_samples']} rows) | {100 * v['test_accuracy']:.2f}% |")
     lines += ["", "![convergence](convergence.png)", ""]
     if has_comparison:
