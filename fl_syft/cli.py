@@ -81,6 +81,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
     g.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of each site's rows held out to score the global model (default 0.05)")
+    g.add_argument("--logit-adjust", action=argparse.BooleanOptionalAction, default=True,
+                   help="fedavg: sites train with their own label prior in the intercepts and return "
+                        "prior-free models (default on; helps under label skew)")
     g.add_argument("--algorithm", choices=("fedavg", "lbfgs"), default="fedavg",
                    help="fedavg (default): average locally trained models; lbfgs: exact federated L-BFGS "
                         "on the sites' summed gradients (reaches the centralized optimum under any skew)")
@@ -100,7 +103,8 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     default_rounds = 500 if args.algorithm == "lbfgs" else 5  # lbfgs stops by itself at convergence
     return TrainConfig(rounds=default_rounds if args.rounds is None else args.rounds,
-                       local_iters=args.local_iters, C=args.C, holdout=args.holdout, seed=args.seed)
+                       local_iters=args.local_iters, C=args.C, holdout=args.holdout, seed=args.seed,
+                       logit_adjust=args.logit_adjust)
 
 
 def add_resilience_args(p: argparse.ArgumentParser) -> None:

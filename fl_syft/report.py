@@ -240,7 +240,10 @@ def _markdown(doc: dict, label_histogram: dict | None, has_comparison: bool) -> 
     if "scenario" in cfg:
         lines.append(f"| scenario | {cfg['scenario']} |")
     lines += [f"| rounds | {training['rounds']} |", f"| local lbfgs iterations per round | {training['local_iters']} |",
-              f"| C | {training['C']} |", f"| held-out fraction per site | {training['holdout']} |", ""]
+              f"| C | {training['C']} |", f"| held-out fraction per site | {training['holdout']} |"]
+    if cfg.get("algorithm", "fedavg") == "fedavg":
+        lines.append(f"| label-prior (logit) adjustment | {'on' if training['logit_adjust'] else 'off'} |")
+    lines.append("")
     lines += ["## Results", "", "| model | test accuracy |", "|---|---|",
               f"| federated global model ({_algorithm(cfg)}) | {100 * final['global_test_accuracy']:.2f}% |"]
     if baselines.get("centralized"):

@@ -38,6 +38,7 @@ class TrainConfig:
     C: float = 1.0
     holdout: float = 0.05
     seed: int = 0
+    logit_adjust: bool = True  # FedAvg under label skew: see ml_experiment
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -52,7 +53,7 @@ class TrainConfig:
     def site_config(self) -> dict:
         """The ``config`` argument of ``ml_experiment`` (plain Python types: PySyft checks them)."""
         return {"local_iters": int(self.local_iters), "C": float(self.C),
-                "holdout": float(self.holdout), "seed": int(self.seed)}
+                "holdout": float(self.holdout), "seed": int(self.seed), "logit_adjust": bool(self.logit_adjust)}
 
     def to_dict(self) -> dict:
         return asdict(self)

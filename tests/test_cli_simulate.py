@@ -64,3 +64,16 @@ def test_simulate_is_deterministic(small_idx, tmp_path):
                      "--partition", "dirichlet", "--sites", "3", "--out", str(tmp_path / name)]) == 0
     a, b = (load_model(tmp_path / n / "model.npz") for n in ("a", "b"))
     assert np.array_equal(a["coef"], b["coef"])
+
+
+def test_no_logit_adjust_reaches_the_sites_and_the_report(small_idx, tmp_path):
+    runs = {}
+    for name, flag in (("on", []), ("off", ["--no-logit-adjust"])):
+        out = tmp_path / name
+        assert main(["simulate", "--data", f"idx:{small_idx}", "--rounds", "1", "--local-iters", "2",
+                     "--partition", "dirichlet", "--alpha", "0.1", "--sites", "3", *flag, "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["config"]["training"]["logit_adjust"] is (name == "on")
+        assert f"| label-prior (logit) adjustment | {name} |" in (out / "report.md").read_text()
+        runs[name] = load_model(out / "model.npz")
+    assert not np.allclose(runs["on"]["intercept"], runs["off"]["intercept"])

@@ -83,3 +83,19 @@ def test_two_classes_map_back_to_their_rows():
     X, y = shard[:, :784] / 255.0, shard[:, 784]
     pred = np.argmax(X @ result["coef"].T + result["intercept"], axis=1)
     assert np.mean(pred == y) > 0.95
+
+
+def test_logit_adjustment_returns_the_model_without_the_site_prior():
+    """Same fit either way; only the intercepts differ, by the log of the site's label prior."""
+    shard = synthetic_shard(400, classes=6)
+    y = shard[:, 784]
+    shard = shard[(y != 5) | (np.arange(len(y)) // 6 % 4 == 0)]  # class 5 rare: a skewed prior
+    cfg = {"local_iters": 500, "holdout": 0}
+    plain = ml_experiment(shard, {}, {**cfg, "logit_adjust": False})
+    adjusted = ml_experiment(shard, {}, {**cfg, "logit_adjust": True})
+    counts = plain["class_counts"][:6]
+    assert np.allclose(adjusted["coef"], plain["coef"], atol=1e-3)
+    removed = plain["intercept"][:6] - adjusted["intercept"][:6]
+    expected = np.log(counts * 10 / counts.sum())
+    assert np.allclose(removed - removed.mean(), expected - expected.mean(), atol=1e-3)
+    assert np.array_equal(adjusted["intercept"][6:], plain["intercept"][6:])
