@@ -13,8 +13,10 @@ import io
 import json
 import logging
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +84,34 @@ def ds_password(connection_file: Path | None) -> str:
     raise OrchestratorError(f"no password: set {DS_PASSWORD_ENV} (or keep secrets.json beside the connection file)")
 
 
-def quiet() -> contextlib.AbstractContextManager:
-    """Swallow PySyft's printed banners (SyftSuccess, 'Logged into ...') unless verbose."""
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_real_stdout = sys.stdout
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Swallow PySyft's printed banners (SyftSuccess, 'Logged into ...') unless verbose.
+
+    Sites are called from several threads at once, and ``contextlib.redirect_stdout`` is
+    not thread-safe (overlapping exits leave stdout pointing at a buffer, losing every later
+    line): the first user swaps stdout out, the last one puts it back.
+    """
+    global _quiet_users, _real_stdout
     if logging.getLogger("fl_syft").isEnabledFor(logging.DEBUG):
-        return contextlib.nullcontext()
-    return contextlib.redirect_stdout(io.StringIO())
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _real_stdout, sys.stdout = sys.stdout, io.StringIO()
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                sys.stdout = _real_stdout
 
 
 class SyftSite:
@@ -102,6 +127,7 @@ class SyftSite:
             raise OrchestratorError(f"{self.name}: the datasite holds no dataset; restart the launcher")
         self.asset = datasets[0].assets[0]
         self._calls: dict[str, Callable] = {}  # approved UserCode by function name, bound by id
+        self._uploaded: dict[str, object] = {}  # config (repr) -> its pointer on this datasite
 
     def request_approval(self, fn: Callable = ml_experiment, timeout: float = 60.0) -> None:
         """Submit the vetted ``fn`` (or reuse an earlier request) and wait for the owner's decision."""
@@ -150,12 +176,28 @@ class SyftSite:
             raise OrchestratorError(f"{self.name}: {name} is not approved yet (call request_approval first)")
         try:
             with quiet():
-                return self._calls[name](data=self.asset, global_params=global_params, config=config).get()
+                try:
+                    return self._calls[name](data=self.asset, global_params=global_params,
+                                             config=self._upload_once(config)).get()
+                except Exception:
+                    self._uploaded.clear()  # a retry uploads the config again, in case the site lost it
+                    raise
         except SyftException as e:
             raise OrchestratorError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
         except OSError as e:
             raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
+
+    def _upload_once(self, config: dict):
+        """A pointer to ``config`` on this datasite. PySyft uploads every plain argument anew
+        (several requests) on each call; the config is the same every round, so send it once."""
+        from syft.service.action.action_object import convert_to_pointers
+
+        key = repr(sorted(config.items()))
+        if key not in self._uploaded:
+            api = self.client.api
+            self._uploaded[key] = convert_to_pointers(api, api.server_uid, kwargs={"config": config})[1]["config"]
+        return self._uploaded[key]
 
 
 def _bind_user_code(client, code):
@@ -164,7 +206,12 @@ def _bind_user_code(client, code):
     from syft.client.api import generate_remote_function
 
     api = client.api
-    return generate_remote_function(api, api.server_uid, code.signature, "code.call", api.make_call,
+    # ``config`` goes as a pointer (see SyftSite._upload_once): the client-side type check must
+    # not ask for a plain dict; the datasite's input policy still checks what the pointer holds.
+    params = [p.replace(annotation=inspect.Parameter.empty) if p.name == "config" else p
+              for p in code.signature.parameters.values()]
+    signature = code.signature.replace(parameters=params)
+    return generate_remote_function(api, api.server_uid, signature, "code.call", api.make_call,
                                     pre_kwargs={"uid": code.id}, warning=None,
                                     communication_protocol=api.communication_protocol)
 
