@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -146,13 +147,27 @@ def serve(spec: SiteSpec) -> None:
 
     from fl_syft.approval import Approver
 
-    approver = Approver(server.root_client, lambda: len(server.services.request.stash), spec.name,
-                        spec.dir / "audit.jsonl")
+    approver = Approver(server.root_client, _request_counter(server), spec.name, spec.dir / "audit.jsonl")
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
     _exit_with_parent()
     write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid()}))
     log.info("%s: serving %d rows on http://%s:%d", spec.name, rows, spec.host, spec.port)
     _run_uvicorn(server, spec.host, spec.port)
+
+
+def _request_counter(server) -> Callable[[], int]:
+    """The number of code requests in the site's database, as one plain ``SELECT COUNT(*)``.
+    The approver asks ten times a second; PySyft's ``len(stash)`` compiled an ORM query
+    each time, ~2% of a core per idle site (10% of this machine with 10 sites)."""
+    stash = server.services.request.stash
+    engine = stash.db.engine
+    sql = f"SELECT COUNT(*) FROM {engine.dialect.identifier_preparer.quote(stash.table.name)}"
+
+    def count() -> int:
+        with engine.connect() as connection:
+            return int(connection.exec_driver_sql(sql).scalar_one())
+
+    return count
 
 
 def _run_uvicorn(server, host: str, port: int) -> None:
