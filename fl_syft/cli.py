@@ -336,9 +336,13 @@ def _train_and_report(sites: list, cfg: TrainConfig, mnist, config: dict, out: P
             log.info("baseline %s: %s", name, _describe_baseline(value))
     if out:
         write_outputs(out, config, history, params, scores)
-        histogram = (dict(zip([s.name for s in sites], label_histogram(shards).tolist(), strict=True))
-                     if shards is not None else _histogram_from_sites(history, scores))
-        report = write_report(out, metrics(config, history, scores), params, X, y, histogram)
+        if shards is not None:
+            histogram = dict(zip([s.name for s in sites], label_histogram(shards).tolist(), strict=True))
+            rows = "every row of each site's shard (the partition)"
+        else:  # a real deployment: only what the sites reported
+            histogram = _histogram_from_sites(history, scores)
+            rows = f"the training rows each site reported (its {cfg.holdout:.0%} held-out rows not included)"
+        report = write_report(out, metrics(config, history, scores), params, X, y, histogram, rows)
         log.info("report: %s", report)
     return 0
 

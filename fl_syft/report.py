@@ -111,8 +111,11 @@ def write_csv(path: Path, history: list[dict]) -> None:
 
 
 def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test: np.ndarray,
-                 label_histogram: dict[str, list[int]] | None = None) -> Path:
-    """All end-of-run files in ``out``; returns the path of ``report.md``."""
+                 label_histogram: dict[str, list[int]] | None = None, histogram_of: str = "") -> Path:
+    """All end-of-run files in ``out``; returns the path of ``report.md``.
+
+    ``label_histogram`` maps site -> 10 row counts per digit; ``histogram_of`` says which rows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +130,7 @@ def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test:
     if has_comparison:
         _plot_comparison(out / "comparison.png", baselines, doc["final"]["global_test_accuracy"])
     path = out / "report.md"
-    path.write_text(_markdown(doc, label_histogram, has_comparison))
+    path.write_text(_markdown(doc, label_histogram, histogram_of, has_comparison))
     return path
 
 
@@ -222,7 +225,7 @@ def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
     plt.close(fig)
 
 
-def _markdown(doc: dict, label_histogram: dict | None, has_comparison: bool) -> str:
+def _markdown(doc: dict, label_histogram: dict | None, histogram_of: str, has_comparison: bool) -> str:
     cfg, history, baselines = doc["config"], doc["rounds"], doc.get("baselines", {})
     training = cfg["training"]
     final = doc["final"]
@@ -259,7 +262,7 @@ def _markdown(doc: dict, label_histogram: dict | None, has_comparison: bool) -> 
         lines += ["![comparison](comparison.png)", ""]
     lines += ["![confusion matrix](confusion_matrix.png)", ""]
     if label_histogram:
-        lines += ["## Label histogram per site", "",
+        lines += ["## Label histogram per site", "", f"Rows per digit: {histogram_of or 'as reported'}.", "",
                   "| site | " + " | ".join(str(d) for d in range(10)) + " | total |",
                   "|---|" + "---|" * 11]
         for site, counts in label_histogram.items():

@@ -8,7 +8,7 @@ from fl_syft.cli import SCENARIOS, build_parser, main, partition_spec
 from fl_syft.data import load_mnist
 from fl_syft.fedavg import SiteResultError, sum_gradients
 from fl_syft.lbfgs import train_lbfgs
-from fl_syft.partition import PartitionSpec, make_shards
+from fl_syft.partition import PartitionSpec, label_histogram, make_shards
 from fl_syft.simulate import local_sites
 from fl_syft.training import TrainConfig
 
@@ -52,7 +52,7 @@ def test_explicit_flag_beats_the_scenario():
     assert spec.sites == 4 and spec.alpha == 0.1
 
 
-def test_simulate_writes_the_full_report(small_idx, tmp_path):
+def test_simulate_writes_the_full_report(small, small_idx, tmp_path):
     out = tmp_path / "run"
     assert main(["simulate", "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "3", "--local-iters", "5",
                  "--baselines", "--out", str(out)]) == 0
@@ -66,7 +66,10 @@ def test_simulate_writes_the_full_report(small_idx, tmp_path):
     assert len(csv_rows) == 1 + 3 * 3  # header + one row per round and site
     report = (out / "report.md").read_text()
     assert "![convergence](convergence.png)" in report and "centralized ceiling" in report
-    assert "| site-1 |" in report  # the label histogram
+    assert "every row of each site's shard" in report  # the partition's label histogram
+    shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=3))
+    for site, counts in zip(("site-1", "site-2", "site-3"), label_histogram(shards), strict=True):
+        assert f"| {site} | " + " | ".join(map(str, counts)) + f" | {counts.sum()} |" in report
 
 
 def test_lbfgs_through_the_cli(small_idx, tmp_path):

@@ -98,6 +98,22 @@ def test_federated_lbfgs_runs_through_pysyft(deployment, small_idx, tmp_path):
     assert ("lr_loss_grad", "approved") in [(e["function"], e["decision"]) for e in audit(deployment.connection_file)]
 
 
+def test_run_baselines_come_from_the_sites_and_never_pool(deployment, small_idx, tmp_path):
+    out = tmp_path / "baselines"
+    assert main(["run", "--connection", str(deployment.connection_file), "--data", f"idx:{small_idx}",
+                 "--rounds", "1", "--local-iters", "3", "--baselines", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    local = metrics["baselines"]["local_only"]
+    assert set(local) == {"site-1", "site-2"} and "centralized" not in metrics["baselines"]
+    assert all(0.6 < v["test_accuracy"] <= 1 for v in local.values())
+    report = (out / "report.md").read_text()
+    assert "held-out rows not included" in report and "centralized" not in report
+    for site, v in local.items():  # the histogram is what each site reported, its training rows
+        assert f"| {site} | " + " | ".join(str(c) for c in v["class_counts"]) in report
+        assert sum(v["class_counts"]) == metrics["rounds"][0]["sites"][site]["n_samples"]
+    assert (out / "comparison.png").stat().st_size > 0
+
+
 def test_audit_log_records_every_decision(deployment):
     entries = audit(deployment.connection_file)
     decisions = [(e["function"], e["decision"]) for e in entries]
