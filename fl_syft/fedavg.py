@@ -24,12 +24,15 @@ class SiteResultError(ValueError):
 
 def validate_result(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` has finite coef (10, 784), intercept (10,),
-    n_samples > 0 and, if present, class_counts (10,) of non-negative integers."""
-    _check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,)})
-    if "class_counts" in result:
-        counts = np.asarray(result["class_counts"])
-        if counts.shape != (N_CLASSES,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
-            raise SiteResultError(site, f"class_counts must be {N_CLASSES} non-negative integers")
+    n_samples > 0 and class_counts (10,): non-negative integers adding up to n_samples
+    (FedAvg's per-class weights come from them, so they must agree with the sample count)."""
+    _check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
+                                 "class_counts": (N_CLASSES,)})
+    counts = np.asarray(result["class_counts"])
+    if not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
+        raise SiteResultError(site, f"class_counts must be {N_CLASSES} non-negative integers")
+    if counts.sum() != result["n_samples"]:
+        raise SiteResultError(site, f"class_counts add up to {counts.sum()}, n_samples is {result['n_samples']}")
 
 
 def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
@@ -47,7 +50,7 @@ def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
         validate_result(site, result)
     rows = list(results.values())
     n = np.array([r["n_samples"] for r in rows], dtype=np.float64)  # (sites,)
-    holds = np.stack([np.asarray(r.get("class_counts", np.ones(N_CLASSES))) > 0 for r in rows])
+    holds = np.stack([np.asarray(r["class_counts"]) > 0 for r in rows])
     weights = n[:, None] * holds  # (sites, classes)
     weights[:, ~holds.any(axis=0)] = n[:, None]
     weights /= weights.sum(axis=0)

@@ -4,11 +4,13 @@ import pytest
 from fl_syft.fedavg import SiteResultError, fedavg, validate_result
 
 
-def _result(value: float, n: int, counts=None) -> dict:
-    r = {"coef": np.full((10, 784), value), "intercept": np.full(10, value), "n_samples": n}
-    if counts is not None:
-        r["class_counts"] = np.asarray(counts)
-    return r
+def _result(value: float, n: int, classes=range(10)) -> dict:
+    """A valid site result holding ``classes`` (n rows spread over them)."""
+    counts = np.zeros(10, np.int64)
+    counts[list(classes)] = n // len(classes)
+    counts[min(classes)] += n - counts.sum()
+    return {"coef": np.full((10, 784), value), "intercept": np.full(10, value), "n_samples": n,
+            "class_counts": counts}
 
 
 def test_sample_weighted_mean():
@@ -22,15 +24,14 @@ def test_single_site_is_identity():
 
 
 def test_class_rows_average_only_over_sites_holding_the_class():
-    a = _result(1.0, 100, counts=[5] * 5 + [0] * 5)  # holds classes 0-4
-    b = _result(3.0, 100, counts=[5] * 10)
+    a = _result(1.0, 100, classes=range(5))
+    b = _result(3.0, 100)
     avg = fedavg({"a": a, "b": b})
     assert np.allclose(avg["coef"][:5], 2.0) and np.allclose(avg["coef"][5:], 3.0)
 
 
 def test_class_no_site_holds_is_plain_average():
-    counts = [5] * 9 + [0]
-    avg = fedavg({"a": _result(1.0, 100, counts), "b": _result(3.0, 300, counts)})
+    avg = fedavg({"a": _result(1.0, 100, range(9)), "b": _result(3.0, 300, range(9))})
     assert np.allclose(avg["coef"][9], 2.5)
 
 
@@ -42,6 +43,8 @@ def test_class_no_site_holds_is_plain_average():
     (lambda r: r.update(n_samples=True), "n_samples must be a positive integer"),
     (lambda r: r.pop("intercept"), r"missing keys \['intercept'\]"),
     (lambda r: r.update(class_counts=np.array([-1] * 10)), "class_counts must be 10 non-negative"),
+    (lambda r: r.pop("class_counts"), r"missing keys \['class_counts'\]"),
+    (lambda r: r["class_counts"].__setitem__(0, 99), "class_counts add up to 108, n_samples is 10"),
 ])
 def test_bad_results_name_the_site(mutate, message):
     bad = _result(1.0, 10)
