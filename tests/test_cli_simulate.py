@@ -38,6 +38,12 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--C", "0"], "--C must be > 0"),
     (["--sizes", "1,x"], "expected comma-separated integers"),
     (["--rounds", "five"], "invalid int value: 'five'"),
+    # a flag the chosen partition would ignore is refused, not silently dropped
+    (["--alpha", "0.1", "--sites", "10"], "--alpha is for --partition dirichlet, not iid"),
+    (["--sizes", "100,200"], "--sizes is for --partition sizes, not iid"),
+    (["--scenario", "quantity-skew-4", "--sites", "3"], "--sites 3 does not match --sizes (4 sites)"),
+    (["--noisy-sites", "2"], "--noise-std and --noisy-sites go together"),
+    (["--noise-std", "50"], "--noise-std and --noisy-sites go together"),
 ])
 def test_bad_values_one_line_exit_2(args, message, small_idx, capsys):
     argv = ["simulate", "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]
