@@ -77,11 +77,12 @@ def add_partition_args(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--rounds", type=int, default=None, help="federated rounds (default 5; with --resume: as saved)")
-    g.add_argument("--local-iters", type=int, default=20, help="lbfgs iterations per round (default 20)")
+    g.add_argument("--local-iters", type=int, default=None,
+                   help="fedavg: local lbfgs iterations per site and round (default 20)")
     g.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
     g.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of each site's rows held out to score the global model (default 0.05)")
-    g.add_argument("--logit-adjust", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--logit-adjust", action=argparse.BooleanOptionalAction, default=None,
                    help="fedavg: sites train with their own label prior in the intercepts and return "
                         "prior-free models (default on; helps under label skew)")
     g.add_argument("--algorithm", choices=("fedavg", "lbfgs"), default="fedavg",
@@ -111,10 +112,15 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Training settings; FedAvg-only flags given with --algorithm lbfgs are an error, not a no-op."""
+    fedavg_only = {"local_iters": args.local_iters, "logit_adjust": args.logit_adjust}
+    given = {k: v for k, v in fedavg_only.items() if v is not None}  # unset: TrainConfig's default
+    if args.algorithm == "lbfgs" and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"{flags}: FedAvg settings, unused by --algorithm lbfgs: drop them")
     default_rounds = 500 if args.algorithm == "lbfgs" else 5  # lbfgs stops by itself at convergence
     return TrainConfig(rounds=default_rounds if args.rounds is None else args.rounds,
-                       local_iters=args.local_iters, C=args.C, holdout=args.holdout, seed=args.seed,
-                       logit_adjust=args.logit_adjust)
+                       C=args.C, holdout=args.holdout, seed=args.seed, **given)
 
 
 def add_resilience_args(p: argparse.ArgumentParser) -> None:

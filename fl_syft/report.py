@@ -242,10 +242,11 @@ def _markdown(doc: dict, label_histogram: dict | None, histogram_of: str, has_co
                      + f", seed {p['seed']} |")
     if "scenario" in cfg:
         lines.append(f"| scenario | {cfg['scenario']} |")
-    lines += [f"| rounds | {training['rounds']} |", f"| local lbfgs iterations per round | {training['local_iters']} |",
-              f"| C | {training['C']} |", f"| held-out fraction per site | {training['holdout']} |"]
-    if cfg.get("algorithm", "fedavg") == "fedavg":
-        lines.append(f"| label-prior (logit) adjustment | {'on' if training['logit_adjust'] else 'off'} |")
+    lines += [f"| rounds | {training['rounds']} |", f"| C | {training['C']} |",
+              f"| held-out fraction per site | {training['holdout']} |"]
+    if cfg.get("algorithm", "fedavg") == "fedavg":  # L-BFGS has no local training
+        lines += [f"| local lbfgs iterations per round | {training['local_iters']} |",
+                  f"| label-prior (logit) adjustment | {'on' if training['logit_adjust'] else 'off'} |"]
     lines.append("")
     lines += ["## Results", "", "| model | test accuracy |", "|---|---|",
               f"| federated global model ({_algorithm(cfg)}) | {100 * final['global_test_accuracy']:.2f}% |"]

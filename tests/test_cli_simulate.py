@@ -44,6 +44,8 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--scenario", "quantity-skew-4", "--sites", "3"], "--sites 3 does not match --sizes (4 sites)"),
     (["--noisy-sites", "2"], "--noise-std and --noisy-sites go together"),
     (["--noise-std", "50"], "--noise-std and --noisy-sites go together"),
+    (["--algorithm", "lbfgs", "--local-iters", "5"], "--local-iters: FedAvg settings, unused by --algorithm lbfgs"),
+    (["--algorithm", "lbfgs", "--no-logit-adjust"], "--logit-adjust: FedAvg settings, unused by --algorithm lbfgs"),
 ])
 def test_bad_values_one_line_exit_2(args, message, small_idx, capsys):
     argv = ["simulate", "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]
