@@ -97,6 +97,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:
     """The partition the flags ask for; a flag this partition would ignore is an error, not a no-op."""
     kind, sizes = args.partition, args.sizes
+    preset = SCENARIOS.get(args.scenario, {}).get("partition", kind)
+    if kind != preset:  # else the preset's own --alpha/--sizes would be blamed on the user below
+        raise UsageError(f"--partition {kind} contradicts --scenario {args.scenario} (a {preset} preset): "
+                         "drop one of them")
     if sizes and kind != "sizes":
         raise UsageError(f"--sizes is for --partition sizes, not {kind}: add --partition sizes or drop --sizes")
     if args.alpha is not None and kind != "dirichlet":
@@ -106,9 +110,11 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
     if bool(args.noise_std) != bool(args.noisy_sites):
         raise UsageError("--noise-std and --noisy-sites go together (how much noise, on which sites), "
                          "e.g. --noisy-sites 2 --noise-std 100")
-    sites = len(sizes) if kind == "sizes" else 2 if args.sites is None else args.sites
-    return PartitionSpec(kind=kind, sites=sites, alpha=0.5 if args.alpha is None else args.alpha, sizes=sizes,
-                         noisy_sites=args.noisy_sites, noise_std=args.noise_std, seed=args.seed)
+    given = {k: v for k, v in {"sites": args.sites, "alpha": args.alpha}.items() if v is not None}  # else default
+    if kind == "sizes":
+        given["sites"] = len(sizes)
+    return PartitionSpec(kind=kind, sizes=sizes, noisy_sites=args.noisy_sites, noise_std=args.noise_std,
+                         seed=args.seed, **given)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

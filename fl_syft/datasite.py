@@ -192,7 +192,7 @@ class DecodedArrayCache:
             return self.decode(text)
         with self.lock:
             for i, (seen, array) in enumerate(self.entries):
-                if len(seen) == len(text) and seen == text:
+                if seen == text:  # str == checks the length first, then one memcmp
                     self.entries.insert(0, self.entries.pop(i))
                     return array
         value = self.decode(text)

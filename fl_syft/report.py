@@ -111,7 +111,7 @@ def write_csv(path: Path, history: list[dict]) -> None:
 
 
 def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test: np.ndarray,
-                 label_histogram: dict[str, list[int]] | None = None, histogram_of: str = "") -> Path:
+                 label_histogram: dict[str, list[int]] | None, histogram_of: str) -> Path:
     """All end-of-run files in ``out``; returns the path of ``report.md``.
 
     ``label_histogram`` maps site -> 10 row counts per digit; ``histogram_of`` says which rows.
@@ -263,7 +263,7 @@ def _markdown(doc: dict, label_histogram: dict | None, histogram_of: str, has_co
         lines += ["![comparison](comparison.png)", ""]
     lines += ["![confusion matrix](confusion_matrix.png)", ""]
     if label_histogram:
-        lines += ["## Label histogram per site", "", f"Rows per digit: {histogram_of or 'as reported'}.", "",
+        lines += ["## Label histogram per site", "", f"Rows per digit: {histogram_of}.", "",
                   "| site | " + " | ".join(str(d) for d in range(10)) + " | total |",
                   "|---|" + "---|" * 11]
         for site, counts in label_histogram.items():

@@ -42,6 +42,7 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--alpha", "0.1", "--sites", "10"], "--alpha is for --partition dirichlet, not iid"),
     (["--sizes", "100,200"], "--sizes is for --partition sizes, not iid"),
     (["--scenario", "quantity-skew-4", "--sites", "3"], "--sites 3 does not match --sizes (4 sites)"),
+    (["--scenario", "dirichlet-0.5-10", "--partition", "iid"], "--partition iid contradicts --scenario dirichlet-0.5"),
     (["--noisy-sites", "2"], "--noise-std and --noisy-sites go together"),
     (["--noise-std", "50"], "--noise-std and --noisy-sites go together"),
     (["--algorithm", "lbfgs", "--local-iters", "5"], "--local-iters: FedAvg settings, unused by --algorithm lbfgs"),

@@ -79,5 +79,5 @@ def test_lbfgs_through_the_cli(small_idx, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["algorithm"] == "lbfgs" and 1 < len(metrics["rounds"]) <= 31
     assert "objective" in metrics["rounds"][-1] and metrics["final"]["global_test_accuracy"] > 0.8
-    settings = (out / "report.md").read_text()
-    assert "| algorithm | federated L-BFGS |" in settings and "local lbfgs iterations" not in settings  # no local training
+    settings = (out / "report.md").read_text()  # L-BFGS has no local training to list
+    assert "| algorithm | federated L-BFGS |" in settings and "local lbfgs iterations" not in settings
