@@ -25,25 +25,19 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from fl_syft import baselines
-from fl_syft.cli import SCENARIOS, build_parser, partition_spec
-from fl_syft.data import load_mnist
-from fl_syft.experiment import lr_loss_grad, ml_experiment
-from fl_syft.launch import Deployment, LaunchOptions, free_base_port
-from fl_syft.lbfgs import train_lbfgs
-from fl_syft.orchestrator import connect, ds_password, read_connection
-from fl_syft.partition import PartitionSpec, make_shards
+from fl_syft.common.data import load_mnist
+from fl_syft.common.partition import SCENARIOS, PartitionSpec, make_shards, scenario
+from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+from fl_syft.scientist import baselines
+from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs
+from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+from fl_syft.scientist.algorithms.lbfgs import LbfgsSettings
+from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.simulate import local_sites
-from fl_syft.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft")
 FEDAVG_ROUNDS = 30
-
-
-def spec_for(scenario: str) -> PartitionSpec:
-    """The partition ``fl-syft simulate --scenario NAME`` uses."""
-    return partition_spec(build_parser(scenario).parse_args(["simulate", "--scenario", scenario]))
 
 
 def rounds_to_within(history: list[dict], ceiling: float, pp: float = 0.2) -> int | None:
@@ -66,7 +60,7 @@ def split(history: list[dict]) -> dict:
 
 def bench_data(repeats: int = 5) -> dict:
     """Embedded MNIST load: first (hash check + restricted unpickle + cache write) and from the cache."""
-    code = "import time; from fl_syft.data import load_mnist; t = time.perf_counter(); load_mnist(); " \
+    code = "import time; from fl_syft.common.data import load_mnist; t = time.perf_counter(); load_mnist(); " \
            "print(time.perf_counter() - t)"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "FL_SYFT_CACHE_DIR": cache}
@@ -75,40 +69,45 @@ def bench_data(repeats: int = 5) -> dict:
     return {"first_load_seconds": runs[0], "cached_load_seconds": statistics.median(runs[1:]), "repeats": repeats}
 
 
+def accuracy_runs() -> list[tuple[str, Algorithm]]:
+    """Every registered algorithm at its defaults (FedAvg for 30 rounds), plus plain FedAvg."""
+    runs = [(name, cls(cls.settings_type(rounds=FEDAVG_ROUNDS)) if cls is FedAvg else cls())
+            for name, cls in REGISTRY.items()]
+    runs.insert(1, ("fedavg (plain: no logit adjustment)",
+                    FedAvg(FedAvgSettings(rounds=FEDAVG_ROUNDS, logit_adjust=False))))
+    return runs
+
+
 def bench_accuracy(mnist) -> list[dict]:
-    """Per scenario: ceiling, local-only, FedAvg (30 x 20, with and without the label-prior
-    adjustment) and federated L-BFGS, all in-process."""
+    """Per scenario: ceiling, local-only, and every algorithm (see :func:`accuracy_runs`), in-process."""
     rows = []
-    for scenario in SCENARIOS:
-        shards = make_shards(mnist.X_train, mnist.y_train, spec_for(scenario))
+    for scenario_name in SCENARIOS:
+        shards = make_shards(mnist.X_train, mnist.y_train, scenario(scenario_name))
         sites = local_sites(shards)
         t = time.perf_counter()
         ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)
         ceiling_s = time.perf_counter() - t
-        local = baselines.local_only(sites, TrainConfig(), mnist.X_test, mnist.y_test)
+        local = baselines.local_only(sites, mnist.X_test, mnist.y_test)
         local_acc = [v["test_accuracy"] for v in local.values()]
-        runs = (("fedavg", train, TrainConfig(rounds=FEDAVG_ROUNDS)),
-                ("fedavg (plain: no logit adjustment)", train, TrainConfig(rounds=FEDAVG_ROUNDS, logit_adjust=False)),
-                ("lbfgs", train_lbfgs, TrainConfig(rounds=500)))
-        for algorithm, trainer, cfg in runs:
+        for algorithm, run in accuracy_runs():
             t = time.perf_counter()
-            _, hist = trainer(sites, cfg, mnist.X_test, mnist.y_test)
+            _, hist = run.run(sites, mnist.X_test, mnist.y_test)
             wall = time.perf_counter() - t
             final = hist[-1]["global_test_accuracy"]
-            rows.append({"scenario": scenario, "algorithm": algorithm, "rounds": len(hist), "final": final,
+            rows.append({"scenario": scenario_name, "algorithm": algorithm, "rounds": len(hist), "final": final,
                          "ceiling": ceiling["test_accuracy"], "ceiling_seconds": ceiling_s,
                          "gap_pp": 100 * (ceiling["test_accuracy"] - final),
                          "rounds_to_0.2pp": rounds_to_within(hist, ceiling["test_accuracy"]),
                          "local_only_mean": float(np.mean(local_acc)), "local_only_min": float(np.min(local_acc)),
                          "wall_seconds": wall, "median_round_seconds": median_round(hist),
                          "at_round_5": hist[min(4, len(hist) - 1)]["global_test_accuracy"]})
-            print(f"accuracy {scenario} {algorithm}: {100 * final:.2f}% (ceiling {100 * ceiling['test_accuracy']:.2f}%)"
-                  f" in {len(hist)} rounds, {wall:.0f} s", flush=True)
+            print(f"accuracy {scenario_name} {algorithm}: {100 * final:.2f}% "
+                  f"(ceiling {100 * ceiling['test_accuracy']:.2f}%) in {len(hist)} rounds, {wall:.0f} s", flush=True)
     return rows
 
 
 @contextlib.contextmanager
-def deployed(spec: PartitionSpec, state: Path, functions: tuple = (ml_experiment,)):
+def deployed(spec: PartitionSpec, state: Path, functions: tuple = FedAvg.functions):
     """Started datasites for ``spec`` and the scientist's sites with ``functions`` approved;
     yields (deployment, sites, {"launch": s, "connect": s (login + approvals, all sites)})."""
     with Deployment(LaunchOptions(partition=spec, base_port=free_base_port(spec.n_sites), state_dir=state)) as d:
@@ -118,7 +117,7 @@ def deployed(spec: PartitionSpec, state: Path, functions: tuple = (ml_experiment
         import syft  # noqa: F401  (its ~5 s import is paid once per process, not per site login)
 
         t = time.perf_counter()
-        sites = connect(read_connection(d.connection_file), ds_password(d.connection_file), functions=functions)
+        sites = connect(read_connection(d.connection_file), ds_password(d.connection_file), functions)
         yield d, sites, {"launch": launch, "connect": time.perf_counter() - t}
 
 
@@ -137,14 +136,14 @@ def bench_syft(mnist, work: Path) -> dict:
 
     The two runs alternate round by round, so a slow spell of this VM hits both alike.
     """
-    spec, rounds = spec_for("iid-2"), 9
+    spec, rounds = scenario("iid-2"), 9
     local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec))
     with deployed(spec, work / "syft") as (d, sites, timings):
         runs = {"syft": (sites, None, []), "simulate": (local, None, [])}
         for rnd in range(1, rounds + 1):
             for name, (path_sites, params, hist) in runs.items():
-                params, hist = train(path_sites, TrainConfig(rounds=rnd), mnist.X_test, mnist.y_test,
-                                     params=params, history=hist)
+                params, hist = FedAvg(FedAvgSettings(rounds=rnd)).run(path_sites, mnist.X_test, mnist.y_test,
+                                                                      params=params, history=hist)
                 runs[name] = (path_sites, params, hist)
         site_rss = peak_rss_mb([p.pid for p in d.procs.values()])
     syft_hist, sim_hist = runs["syft"][2], runs["simulate"][2]
@@ -179,7 +178,7 @@ def bench_scaling(mnist, work: Path) -> list[dict]:
     rows = []
     for n in (2, 5, 10):
         with deployed(PartitionSpec(sites=n), work / f"scale{n}") as (d, sites, _):
-            _, hist = train(sites, TrainConfig(rounds=4), mnist.X_test, mnist.y_test)
+            _, hist = FedAvg(FedAvgSettings(rounds=4)).run(sites, mnist.X_test, mnist.y_test)
             rss = peak_rss_mb([p.pid for p in d.procs.values()])
         rows.append({"sites": n, "round_seconds": median_round(hist), **split(hist),
                      "final": hist[-1]["global_test_accuracy"], "datasite_peak_rss_mb_max": max(rss),
@@ -195,7 +194,7 @@ def bench_reference(mnist, rounds: int = 2) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    shards = make_shards(mnist.X_train, mnist.y_train, spec_for("iid-2"))
+    shards = make_shards(mnist.X_train, mnist.y_train, scenario("iid-2"))
     times, accs, coef = [], [], None
     for _ in range(rounds):
         t = time.perf_counter()
@@ -222,12 +221,12 @@ def bench_reference(mnist, rounds: int = 2) -> dict:
 
 def bench_lbfgs_syft(mnist, work: Path) -> dict:
     """Federated L-BFGS through PySyft on dirichlet-0.1-10."""
-    spec = spec_for("dirichlet-0.1-10")
+    spec = scenario("dirichlet-0.1-10")
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
     ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
-    with deployed(spec, work / "lbfgs", functions=(lr_loss_grad,)) as (_, sites, _):
+    with deployed(spec, work / "lbfgs", functions=Lbfgs.functions) as (_, sites, _):
         t = time.perf_counter()
-        _, hist = train_lbfgs(sites, TrainConfig(rounds=500), mnist.X_test, mnist.y_test)
+        _, hist = Lbfgs(LbfgsSettings(rounds=500)).run(sites, mnist.X_test, mnist.y_test)
         wall = time.perf_counter() - t
     final = hist[-1]["global_test_accuracy"]
     print(f"lbfgs via PySyft: {100 * final:.2f}% vs ceiling {100 * ceiling:.2f}% in {len(hist)} rounds, {wall:.0f} s",

@@ -1,4 +1,9 @@
-"""In-process federation: the same rounds as a PySyft run, calling ``ml_experiment`` directly."""
+"""In-process federation: the same rounds as a PySyft run, with each shard held in this process.
+
+Sits beside both sides (it plays every data owner and the scientist at once): a
+:class:`LocalSite` runs the same vetted functions the datasites run, found the way the
+owner's approver finds them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_syft.experiment import lr_loss_grad, ml_experiment
+from fl_syft.owner.approval import vetted_functions
+from fl_syft.owner.launch import site_names
+
+_VETTED = vetted_functions()
 
 
 @dataclass
@@ -16,17 +24,10 @@ class LocalSite:
     name: str
     shard: np.ndarray
 
-    def fit(self, global_params: dict, config: dict) -> dict:
-        return ml_experiment(self.shard, global_params, config)
-
-    def loss_grad(self, global_params: dict, config: dict) -> dict:
-        return lr_loss_grad(self.shard, global_params, config)
+    def call(self, function: str, global_params: dict, config: dict) -> dict:
+        return _VETTED[function](self.shard, global_params, config)
 
 
 def local_sites(shards: list[np.ndarray]) -> list[LocalSite]:
-    """Sites named site-1..site-N, the names the datasites get too."""
-    return [LocalSite(site_name(i), shard) for i, shard in enumerate(shards, start=1)]
-
-
-def site_name(number: int) -> str:
-    return f"site-{number}"
+    """Sites named site-1..site-N, the names launched datasites get too."""
+    return [LocalSite(name, shard) for name, shard in zip(site_names(len(shards)), shards, strict=True)]

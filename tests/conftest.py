@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_syft.data import Mnist, load_mnist, write_idx
+from fl_syft.common.data import Mnist, load_mnist, write_idx
 
 warnings.filterwarnings("ignore", message="lbfgs failed to converge")
 

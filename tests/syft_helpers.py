@@ -57,8 +57,8 @@ def audit(connection: Path, site: str = "site-1") -> list[dict]:
 
 def running_deployment(data: str, state: Path, sites: int = 2):
     """A started Deployment of ``sites`` IID sites on free loopback ports (a generator for fixtures)."""
-    from fl_syft.launch import Deployment, LaunchOptions, free_base_port
-    from fl_syft.partition import PartitionSpec
+    from fl_syft.common.partition import PartitionSpec
+    from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
 
     opts = LaunchOptions(partition=PartitionSpec(sites=sites), data=data, base_port=free_base_port(sites),
                          state_dir=state)

@@ -16,7 +16,8 @@ from conftest import error_line
 
 from fl_syft import simulate
 from fl_syft.cli import main
-from fl_syft.launch import free_base_port
+from fl_syft.owner.launch import free_base_port
+from fl_syft.vetted.local_training import ml_experiment
 
 ROUNDS = ["--rounds", "1", "--local-iters", "2"]
 
@@ -126,7 +127,7 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     (lambda r: r.update(intercept=np.zeros(9)), r"intercept has shape (9,), expected (10,)"),
 ])
 def test_site_returning_nan_or_wrong_shapes(small_idx, tmp_path, capsys, monkeypatch, poison, message):
-    real = simulate.ml_experiment
+    real = ml_experiment
 
     def site_2_is_broken(data, global_params, config):
         result = real(data, global_params, config)
@@ -134,12 +135,12 @@ def test_site_returning_nan_or_wrong_shapes(small_idx, tmp_path, capsys, monkeyp
             poison(result)
         return result
 
-    from fl_syft.data import load_mnist
-    from fl_syft.partition import PartitionSpec, make_shards
+    from fl_syft.common.data import load_mnist
+    from fl_syft.common.partition import PartitionSpec, make_shards
 
     small = load_mnist(f"idx:{small_idx}")
     site_2_first_label = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))[1][0, 784]
-    monkeypatch.setattr(simulate, "ml_experiment", site_2_is_broken)
+    monkeypatch.setitem(simulate._VETTED, "ml_experiment", site_2_is_broken)
     out = tmp_path / "out"
     rc, line = run(capsys, "simulate", "--data", f"idx:{small_idx}", "--out", str(out), *ROUNDS)
     assert rc == 1 and "site 'site-2' returned an invalid result" in line and message in line

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fl_syft.cli import main
-from fl_syft.data import load_mnist
-from fl_syft.evaluate import score
-from fl_syft.report import load_model
+from fl_syft.common.data import load_mnist
+from fl_syft.scientist.evaluate import score
+from fl_syft.scientist.report import load_model
 
 
 def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path):
@@ -45,8 +45,9 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--scenario", "dirichlet-0.5-10", "--partition", "iid"], "--partition iid contradicts --scenario dirichlet-0.5"),
     (["--noisy-sites", "2"], "--noise-std and --noisy-sites go together"),
     (["--noise-std", "50"], "--noise-std and --noisy-sites go together"),
-    (["--algorithm", "lbfgs", "--local-iters", "5"], "--local-iters: FedAvg settings, unused by --algorithm lbfgs"),
-    (["--algorithm", "lbfgs", "--no-logit-adjust"], "--logit-adjust: FedAvg settings, unused by --algorithm lbfgs"),
+    (["--algorithm", "lbfgs", "--local-iters", "5"], "--local-iters: not a setting of --algorithm lbfgs: drop it"),
+    (["--algorithm", "lbfgs", "--no-logit-adjust", "--holdout", "0.1"],
+     "--holdout, --logit-adjust: not a setting of --algorithm lbfgs"),
 ])
 def test_bad_values_one_line_exit_2(args, message, small_idx, capsys):
     argv = ["simulate", "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]

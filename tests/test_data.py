@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from fl_syft import data
-from fl_syft.data import DataError, load_mnist, read_idx, read_mnist_pickle, write_idx
+from fl_syft.common import data
+from fl_syft.common.data import DataError, load_mnist, read_idx, read_mnist_pickle, write_idx
 
 
 def test_embedded_is_standard_mnist(mnist):

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from fl_syft.datasite import DecodedArrayCache
+from fl_syft.owner.datasite import DecodedArrayCache
 
 
 class Decoder:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fl_syft.fedavg import SiteResultError, fedavg, validate_result
+from fl_syft.scientist.aggregate import SiteResultError, fedavg, validate_result
 
 
 def _result(value: float, n: int, classes=range(10)) -> dict:

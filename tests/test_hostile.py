@@ -10,9 +10,9 @@ import time
 import pytest
 from syft_helpers import audit, function_from_source, login, running_deployment, submit
 
-from fl_syft.experiment import ml_experiment
-from fl_syft.launch import ADMIN_EMAIL
-from fl_syft.orchestrator import connect, ds_password, read_connection
+from fl_syft.owner.launch import ADMIN_EMAIL
+from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
 VETTED_SOURCE = textwrap.dedent(inspect.getsource(ml_experiment))
@@ -87,8 +87,8 @@ def test_hostile_requests_are_all_denied(deployment, tmp_path):
 
     # The approver is still alive and still approves the real thing.
     conn = deployment.connection_file
-    sites = connect(read_connection(conn), ds_password(conn), approval_timeout=30)
-    assert sites[0].fit({}, {"local_iters": 2})["coef"].shape == (10, 784)
+    sites = connect(read_connection(conn), ds_password(conn), (ml_experiment,), approval_timeout=30)
+    assert sites[0].call("ml_experiment", {}, {"local_iters": 2})["coef"].shape == (10, 784)
 
 
 def _decided_requests(deployment, emails: list[str], timeout: float = 120.0) -> list:

@@ -1,7 +1,7 @@
 import sys
 import threading
 
-from fl_syft.orchestrator import quiet
+from fl_syft.scientist.connect import quiet
 
 
 def test_overlapping_quiet_calls_from_threads_restore_stdout():

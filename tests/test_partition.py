@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fl_syft.partition import PartitionSpec, add_noise, label_histogram, make_shards, split_indices
+from fl_syft.common.errors import ConfigError
+from fl_syft.common.partition import PartitionSpec, add_noise, label_histogram, make_shards, split_indices
 
 Y = np.repeat(np.arange(10), 100)  # 1000 labels, 100 per class
 
@@ -40,15 +41,16 @@ def test_sizes_are_exact():
 
 
 @pytest.mark.parametrize("spec, message", [
-    (PartitionSpec(sites=0), "--sites must be at least 1"),
-    (PartitionSpec(kind="dirichlet", alpha=0), "--alpha must be > 0"),
-    (PartitionSpec(kind="sizes", sizes=(600, 500)), "add up to 1100 rows but the data has 1000"),
-    (PartitionSpec(kind="sizes", sizes=()), "--sizes needs positive row counts"),
-    (PartitionSpec(sites=2, noisy_sites=(3,)), r"--noisy-sites \[3\] out of range"),
-    (PartitionSpec(kind="shuffle"), "--partition must be one of"),
+    (PartitionSpec(sites=0), "sites must be at least 1"),
+    (PartitionSpec(kind="dirichlet", alpha=0), "alpha must be > 0"),
+    (PartitionSpec(kind="sizes", sizes=(600, 500)), "sizes add up to 1100 rows but the data has 1000"),
+    (PartitionSpec(kind="sizes", sizes=()), "sizes needs positive row counts"),
+    (PartitionSpec(sites=2, noisy_sites=(3,)), r"noisy_sites \[3\] out of range"),
+    (PartitionSpec(kind="shuffle"), "partition must be one of"),
 ])
-def test_bad_specs_name_the_flag(spec, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_specs_name_the_setting(spec, message):
+    """The message names the setting (a flag only on the command line: see test_cli_simulate)."""
+    with pytest.raises(ConfigError, match=f"^{message}"):
         split_indices(Y, spec)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fl_syft.cli import main
-from fl_syft.launch import Deployment, LaunchOptions, free_base_port
-from fl_syft.partition import PartitionSpec
+from fl_syft.common.partition import PartitionSpec
+from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
 
 pytestmark = pytest.mark.syft
 

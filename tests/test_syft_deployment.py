@@ -20,13 +20,13 @@ from conftest import error_line
 from syft_helpers import audit, function_from_source, login, running_deployment, submit, wait_decision
 
 from fl_syft.cli import main
-from fl_syft.data import load_mnist
-from fl_syft.experiment import ml_experiment
-from fl_syft.launch import check_port_free, free_base_port
-from fl_syft.orchestrator import connect, ds_password, read_connection
-from fl_syft.partition import PartitionSpec, make_shards
+from fl_syft.common.data import load_mnist
+from fl_syft.common.partition import PartitionSpec, make_shards
+from fl_syft.owner.launch import check_port_free, free_base_port
+from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
+from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.simulate import local_sites
-from fl_syft.training import TrainConfig, train
+from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def test_copy_with_one_extra_line_is_denied(deployment, tmp_path):
 def test_vetted_function_is_approved_and_a_round_runs(deployment, small):
     # Runs after a denied ml_experiment of the same name exists: the right one must be used.
     conn = deployment.connection_file
-    sites = connect(read_connection(conn), ds_password(conn))
-    params, history = train(sites, TrainConfig(rounds=1, local_iters=5), small.X_test, small.y_test)
+    sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
+    params, history = FedAvg(FedAvgSettings(rounds=1, local_iters=5)).run(sites, small.X_test, small.y_test)
     assert params["coef"].shape == (10, 784)
     assert history[0]["global_test_accuracy"] > 0.6
     assert sum(m["n_samples"] for m in history[0]["sites"].values()) == int(3000 * 0.95)
@@ -125,11 +125,12 @@ def test_audit_log_records_every_decision(deployment):
 
 
 def test_pysyft_run_equals_simulation(deployment, small, small_idx):
-    cfg = TrainConfig(rounds=2, local_iters=5)
+    fedavg = FedAvg(FedAvgSettings(rounds=2, local_iters=5))
     conn = deployment.connection_file
-    remote, _ = train(connect(read_connection(conn), ds_password(conn)), cfg, small.X_test, small.y_test)
+    sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
+    remote, _ = fedavg.run(sites, small.X_test, small.y_test)
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
-    local, _ = train(local_sites(shards), cfg, small.X_test, small.y_test)
+    local, _ = fedavg.run(local_sites(shards), small.X_test, small.y_test)
     assert np.abs(remote["coef"] - local["coef"]).max() <= 1e-6
     assert np.abs(remote["intercept"] - local["intercept"]).max() <= 1e-6
 
@@ -262,7 +263,7 @@ def test_launcher_process_stops_every_site_and_frees_ports(small_idx, tmp_path, 
     while not connection.exists() and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert connection.exists(), launcher.communicate()[1][-2000:]
-    sites = [p for p in psutil.Process(launcher.pid).children() if "fl_syft.datasite" in " ".join(p.cmdline())]
+    sites = [p for p in psutil.Process(launcher.pid).children() if "fl_syft.owner.datasite" in " ".join(p.cmdline())]
     assert len(sites) == 2
     launcher.send_signal(sig)
     out, err = launcher.communicate(timeout=60)

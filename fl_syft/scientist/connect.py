@@ -1,8 +1,8 @@
-"""The data scientist's side: connect to datasites, get the vetted function approved, call it.
+"""Connect to datasites, get the vetted functions approved, call them (data scientist side).
 
 Works with the launcher's connection file or with explicit addresses of datasites
 anywhere (a PySyft 0.9.5 datasite on another machine is used the same way). Only what
-``ml_experiment`` returns ever reaches this side.
+the vetted functions return ever reaches this side.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_syft.experiment import fingerprint, ml_experiment
-from fl_syft.training import one_line
+from fl_syft.common.errors import ConfigError, FlSyftError, one_line
+from fl_syft.common.fingerprint import fingerprint, fingerprint_of
 
-log = logging.getLogger("fl_syft.orchestrator")
+log = logging.getLogger("fl_syft.connect")
 
 DS_PASSWORD_ENV = "FL_SYFT_DS_PASSWORD"
 
 
-class OrchestratorError(Exception):
+class ConnectError(FlSyftError):
     """A datasite cannot be used; the message names the site and what to do."""
 
 
@@ -47,16 +47,16 @@ class SiteAddress:
 def read_connection(path: Path) -> list[SiteAddress]:
     """Site addresses from the launcher's ``datasites.json``."""
     if not path.exists():
-        raise OrchestratorError(f"connection file {path} not found: start the datasites first "
+        raise ConnectError(f"connection file {path} not found: start the datasites first "
                                 "(python launch_datasites.py) or pass --connection")
     try:
         doc = json.loads(path.read_text())
         sites = [SiteAddress(s["name"], s["url"], int(s["port"]), s["ds_email"]) for s in doc["datasites"]]
     except (ValueError, KeyError, TypeError) as e:
-        raise OrchestratorError(f"connection file {path} is malformed ({type(e).__name__}: {e}); "
+        raise ConnectError(f"connection file {path} is malformed ({type(e).__name__}: {e}); "
                                 "restart the launcher to rewrite it") from None
     if not sites:
-        raise OrchestratorError(f"connection file {path} lists no datasites")
+        raise ConnectError(f"connection file {path} lists no datasites")
     return sites
 
 
@@ -70,7 +70,7 @@ def url_address(url: str, email: str) -> SiteAddress:
     except ValueError:
         port = None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port:
-        raise ValueError(f"--datasite {url!r} must look like http://HOST:PORT")
+        raise ConfigError(f"{{datasite}} {url!r} must look like http://HOST:PORT")
     return SiteAddress(name="", url=f"{parts.scheme}://{parts.hostname}", port=port, email=email)
 
 
@@ -81,7 +81,7 @@ def ds_password(connection_file: Path | None) -> str:
     secrets = connection_file.parent / "secrets.json" if connection_file else None
     if secrets and secrets.exists():
         return json.loads(secrets.read_text())["ds_password"]
-    raise OrchestratorError(f"no password: set {DS_PASSWORD_ENV} (or keep secrets.json beside the connection file)")
+    raise ConnectError(f"no password: set {DS_PASSWORD_ENV} (or keep secrets.json beside the connection file)")
 
 
 _quiet_lock = threading.Lock()
@@ -115,8 +115,7 @@ def quiet() -> Iterator[None]:
 
 
 class SyftSite:
-    """One datasite as a federated site: ``fit`` runs the approved ``ml_experiment`` there,
-    ``loss_grad`` the approved ``lr_loss_grad``."""
+    """One datasite as a federated site: ``call(function, ...)`` runs that approved vetted function there."""
 
     def __init__(self, address: SiteAddress, password: str):
         self.address = address
@@ -124,16 +123,16 @@ class SyftSite:
         self.name = self.client.name
         datasets = self.client.datasets.get_all()
         if not datasets:
-            raise OrchestratorError(f"{self.name}: the datasite holds no dataset; restart the launcher")
+            raise ConnectError(f"{self.name}: the datasite holds no dataset; restart the launcher")
         self.asset = datasets[0].assets[0]
         self._calls: dict[str, Callable] = {}  # approved UserCode by function name, bound by id
         self._uploaded: dict[str, object] = {}  # config (repr) -> its pointer on this datasite
 
-    def request_approval(self, fn: Callable = ml_experiment, timeout: float = 60.0) -> None:
+    def request_approval(self, fn: Callable, timeout: float = 60.0) -> None:
         """Submit the vetted ``fn`` (or reuse an earlier request) and wait for the owner's decision."""
         import syft as sy
 
-        name, wanted = fn.__name__, fingerprint(inspect.getsource(fn))
+        name, wanted = fn.__name__, fingerprint_of(fn)
         if self._request(name, wanted) is None:
             policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
             with quiet():
@@ -146,9 +145,9 @@ class SyftSite:
                 self._calls[name] = _bind_user_code(self.client, request.code)
                 return
             if status == "REJECTED":
-                raise OrchestratorError(f"{self.name} denied {name}: {request.deny_reason}")
+                raise ConnectError(f"{self.name} denied {name}: {request.deny_reason}")
             if time.monotonic() > deadline:
-                raise OrchestratorError(f"{self.name}: no decision on {name} within {timeout:.0f} s; "
+                raise ConnectError(f"{self.name}: no decision on {name} within {timeout:.0f} s; "
                                         "is the data owner's approver running?")
             time.sleep(0.1)
 
@@ -161,19 +160,12 @@ class SyftSite:
                 return request
         return None
 
-    def fit(self, global_params: dict, config: dict) -> dict:
-        """``ml_experiment`` on this site's private shard."""
-        return self._run("ml_experiment", global_params, config)
-
-    def loss_grad(self, global_params: dict, config: dict) -> dict:
-        """``lr_loss_grad`` on this site's private shard."""
-        return self._run("lr_loss_grad", global_params, config)
-
-    def _run(self, name: str, global_params: dict, config: dict) -> dict:
+    def call(self, name: str, global_params: dict, config: dict) -> dict:
+        """The approved vetted function ``name`` on this site's private shard."""
         from syft.types.errors import SyftException
 
         if name not in self._calls:
-            raise OrchestratorError(f"{self.name}: {name} is not approved yet (call request_approval first)")
+            raise ConnectError(f"{self.name}: {name} is not approved yet (call request_approval first)")
         try:
             with quiet():
                 try:
@@ -183,9 +175,9 @@ class SyftSite:
                     self._uploaded.clear()  # a retry uploads the config again, in case the site lost it
                     raise
         except SyftException as e:
-            raise OrchestratorError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
+            raise ConnectError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
         except OSError as e:
-            raise OrchestratorError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
+            raise ConnectError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
 
     def _upload_once(self, config: dict):
@@ -233,21 +225,21 @@ def _login(address: SiteAddress, password: str):
         with quiet():
             client = sy.login(url=address.url, port=address.port, email=address.email, password=password)
     except requests.exceptions.ConnectionError:
-        raise OrchestratorError(f"cannot reach {address.label} at {where}: is the datasite running "
+        raise ConnectError(f"cannot reach {address.label} at {where}: is the datasite running "
                                 "(python launch_datasites.py) and the URL/port right?") from None
     except SyftException as e:
         message = one_line(e, 400)
         if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
-            raise OrchestratorError(f"login to {address.label} at {where} failed for {address.email}: wrong email "
+            raise ConnectError(f"login to {address.label} at {where} failed for {address.email}: wrong email "
                                     f"or password (set {DS_PASSWORD_ENV})") from None
-        raise OrchestratorError(f"login to {address.label} at {where} failed: {message}") from None
+        raise ConnectError(f"login to {address.label} at {where} failed: {message}") from None
     if address.name and client.name != address.name:
-        raise OrchestratorError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
+        raise ConnectError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
     return client
 
 
-def connect(addresses: list[SiteAddress], password: str, approval_timeout: float = 60.0,
-            functions: tuple[Callable, ...] = (ml_experiment,)) -> list[SyftSite]:
+def connect(addresses: list[SiteAddress], password: str, functions: tuple[Callable, ...],
+            approval_timeout: float = 60.0) -> list[SyftSite]:
     """Log into every site (all reachable before anything is submitted), then get each of
     the vetted ``functions`` approved on each."""
     sites = [SyftSite(address, password) for address in addresses]

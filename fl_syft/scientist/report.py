@@ -14,12 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically: a crash mid-write never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
-    tmp.replace(path)
+from fl_syft.common.errors import FlSyftError
+from fl_syft.common.files import to_json, write_json
+from fl_syft.scientist.algorithms import Algorithm
 
 
 def write_model(path: Path, params: dict) -> None:
@@ -57,13 +54,13 @@ def write_outputs(out: Path, config: dict, history: list[dict], params: dict,
     write_json(out / "metrics.json", metrics(config, history, baselines))
 
 
-class CheckpointError(Exception):
+class CheckpointError(FlSyftError):
     """A run directory cannot be resumed; the message says why."""
 
 
 def write_checkpoint(path: Path, config: dict, history: list[dict], params: dict) -> None:
     """One file, so params and history can never be from different rounds."""
-    state = json.dumps({"config": config, "history": history}, default=_plain)
+    state = to_json({"config": config, "history": history})
     _savez_atomic(path, coef=np.asarray(params["coef"]), intercept=np.asarray(params["intercept"]),
                   state=np.array(state))
 
@@ -80,14 +77,6 @@ def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} is unreadable ({e}); start a new run") from None
     return state["config"], state["history"], params
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 # --- end-of-run report ----------------------------------------------------------------------
@@ -110,8 +99,8 @@ def write_csv(path: Path, history: list[dict]) -> None:
                                  *["dropped" if k == "n_samples" else None for k in site_keys]])
 
 
-def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test: np.ndarray,
-                 label_histogram: dict[str, list[int]] | None, histogram_of: str) -> Path:
+def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_test: np.ndarray,
+                 y_test: np.ndarray, label_histogram: dict[str, list[int]] | None, histogram_of: str) -> Path:
     """All end-of-run files in ``out``; returns the path of ``report.md``.
 
     ``label_histogram`` maps site -> 10 row counts per digit; ``histogram_of`` says which rows.
@@ -119,18 +108,18 @@ def write_report(out: Path, doc: dict, params: dict, X_test: np.ndarray, y_test:
     import matplotlib
 
     matplotlib.use("Agg")
-    from fl_syft.evaluate import confusion_matrix
+    from fl_syft.scientist.evaluate import confusion_matrix
 
     history, baselines = doc["rounds"], doc.get("baselines", {})
     write_csv(out / "metrics.csv", history)
-    _plot_convergence(out / "convergence.png", history, baselines, doc["config"])
+    _plot_convergence(out / "convergence.png", history, baselines, algorithm.title)
     _plot_confusion(out / "confusion_matrix.png", confusion_matrix(params, X_test, y_test),
                     doc["final"]["global_test_accuracy"])
     has_comparison = bool(baselines.get("local_only"))
     if has_comparison:
         _plot_comparison(out / "comparison.png", baselines, doc["final"]["global_test_accuracy"])
     path = out / "report.md"
-    path.write_text(_markdown(doc, label_histogram, histogram_of, has_comparison))
+    path.write_text(_markdown(doc, algorithm, label_histogram, histogram_of, has_comparison))
     return path
 
 
@@ -139,18 +128,14 @@ def _site_order(names) -> list[str]:
     return sorted(names, key=lambda s: (len(s), s))
 
 
-def _algorithm(config: dict) -> str:
-    return {"fedavg": "FedAvg", "lbfgs": "federated L-BFGS"}[config.get("algorithm", "fedavg")]
-
-
-def _plot_convergence(path: Path, history: list[dict], baselines: dict, config: dict) -> None:
+def _plot_convergence(path: Path, history: list[dict], baselines: dict, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.plot(rounds, [100 * r["global_test_accuracy"] for r in history], "o-" if len(rounds) <= 40 else "-",
-            color="black", lw=2, ms=4, label=f"global model ({_algorithm(config)}), MNIST test")
+            color="black", lw=2, ms=4, label=f"global model ({title}), MNIST test")
     sites = _site_order({s for r in history for s in r["sites"]})
     for i, site in enumerate(sites):
         points = [(r["round"], 100 * r["sites"][site]["train_accuracy"]) for r in history
@@ -225,15 +210,15 @@ def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
     plt.close(fig)
 
 
-def _markdown(doc: dict, label_histogram: dict | None, histogram_of: str, has_comparison: bool) -> str:
+def _markdown(doc: dict, algorithm: Algorithm, label_histogram: dict | None, histogram_of: str,
+              has_comparison: bool) -> str:
     cfg, history, baselines = doc["config"], doc["rounds"], doc.get("baselines", {})
-    training = cfg["training"]
     final = doc["final"]
     lines = [f"# fl-syft report: {cfg.get('command', 'run')}", "",
              f"**Final global test accuracy: {100 * final['global_test_accuracy']:.2f}%** after "
-             f"{final['round']} rounds ({_algorithm(cfg)}), MNIST test set (10,000 images).", "",
+             f"{final['round']} rounds ({algorithm.title}), MNIST test set (10,000 images).", "",
              "## Settings", "", "| setting | value |", "|---|---|",
-             f"| algorithm | {_algorithm(cfg)} |", f"| data | {cfg.get('data')} |"]
+             f"| algorithm | {algorithm.title} |", f"| data | {cfg.get('data')} |"]
     if "partition" in cfg:
         p = cfg["partition"]
         lines.append(f"| partition | {p['kind']}, {len(label_histogram or {}) or p['sites']} sites"
@@ -242,14 +227,10 @@ def _markdown(doc: dict, label_histogram: dict | None, histogram_of: str, has_co
                      + f", seed {p['seed']} |")
     if "scenario" in cfg:
         lines.append(f"| scenario | {cfg['scenario']} |")
-    lines += [f"| rounds | {training['rounds']} |", f"| C | {training['C']} |",
-              f"| held-out fraction per site | {training['holdout']} |"]
-    if cfg.get("algorithm", "fedavg") == "fedavg":  # L-BFGS has no local training
-        lines += [f"| local lbfgs iterations per round | {training['local_iters']} |",
-                  f"| label-prior (logit) adjustment | {'on' if training['logit_adjust'] else 'off'} |"]
+    lines += [f"| {label} | {value} |" for label, value in algorithm.describe()]
     lines.append("")
     lines += ["## Results", "", "| model | test accuracy |", "|---|---|",
-              f"| federated global model ({_algorithm(cfg)}) | {100 * final['global_test_accuracy']:.2f}% |"]
+              f"| federated global model ({algorithm.title}) | {100 * final['global_test_accuracy']:.2f}% |"]
     if baselines.get("centralized"):
         c = baselines["centralized"]["test_accuracy"]
         lines.append(f"| centralized ceiling (pooled shards; computable only in simulation) | {100 * c:.2f}% "

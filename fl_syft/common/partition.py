@@ -11,7 +11,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fl_syft.common.errors import ConfigError
+
 KINDS = ("iid", "dirichlet", "sizes")
+
+# Named presets of the partition settings (explicit settings still win): ``fl-syft scenarios``.
+SCENARIOS: dict[str, dict] = {
+    "iid-2": {"partition": "iid", "sites": 2},
+    "dirichlet-0.5-10": {"partition": "dirichlet", "alpha": 0.5, "sites": 10},
+    "dirichlet-0.1-10": {"partition": "dirichlet", "alpha": 0.1, "sites": 10},
+    "quantity-skew-4": {"partition": "sizes", "sizes": (1000, 3000, 2000, 4000)},
+    "noisy-client-2": {"partition": "iid", "sites": 2, "noisy_sites": (2,), "noise_std": 100.0},
+}
+SCENARIO_HELP = {
+    "iid-2": "2 sites, IID halves of the 60k training images (the default)",
+    "dirichlet-0.5-10": "10 sites, label skew Dir(0.5)",
+    "dirichlet-0.1-10": "10 sites, strong label skew Dir(0.1): most sites lack some digits",
+    "quantity-skew-4": "4 sites with 1000/3000/2000/4000 rows",
+    "noisy-client-2": "2 IID sites, site-2's pixels with Gaussian noise (std 100 of 255)",
+}
 
 
 @dataclass(frozen=True)
@@ -33,25 +51,25 @@ class PartitionSpec:
         return len(self.sizes) if self.kind == "sizes" else self.sites
 
     def check(self, n_rows: int) -> None:
-        """Raise ValueError (one line naming the flag) if this cannot split ``n_rows`` rows."""
+        """Raise ConfigError (one line naming the setting) if this cannot split ``n_rows`` rows."""
         if self.kind not in KINDS:
-            raise ValueError(f"--partition must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ConfigError(f"{{partition}} must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind == "sizes":
             if not self.sizes or min(self.sizes) < 1:
-                raise ValueError("--sizes needs positive row counts, e.g. --sizes 1000,3000,2000,4000")
+                raise ConfigError("{sizes} needs positive row counts, e.g. 1000,3000,2000,4000")
             if sum(self.sizes) > n_rows:
-                raise ValueError(f"--sizes add up to {sum(self.sizes)} rows but the data has {n_rows}")
+                raise ConfigError(f"{{sizes}} add up to {sum(self.sizes)} rows but the data has {n_rows}")
         elif self.sites < 1:
-            raise ValueError(f"--sites must be at least 1, got {self.sites}")
+            raise ConfigError(f"{{sites}} must be at least 1, got {self.sites}")
         elif self.sites > n_rows:
-            raise ValueError(f"--sites {self.sites} is more than the {n_rows} rows available")
+            raise ConfigError(f"{{sites}} {self.sites} is more than the {n_rows} rows available")
         if self.kind == "dirichlet" and not self.alpha > 0:
-            raise ValueError(f"--alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"{{alpha}} must be > 0, got {self.alpha}")
         if self.noise_std < 0:
-            raise ValueError(f"--noise-std must be >= 0, got {self.noise_std}")
+            raise ConfigError(f"{{noise_std}} must be >= 0, got {self.noise_std}")
         bad = [s for s in self.noisy_sites if not 1 <= s <= self.n_sites]
         if bad:
-            raise ValueError(f"--noisy-sites {bad} out of range: sites are numbered 1..{self.n_sites}")
+            raise ConfigError(f"{{noisy_sites}} {bad} out of range: sites are numbered 1..{self.n_sites}")
 
 
 def split_indices(y: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
@@ -86,8 +104,8 @@ def _dirichlet(y: np.ndarray, n_sites: int, alpha: float, rng: np.random.Generat
         merged = [np.concatenate(p) for p in parts]
         if min(len(p) for p in merged) >= min_rows:
             return merged
-    raise ValueError(f"--alpha {alpha} over {n_sites} sites leaves a site nearly empty; "
-                     "raise --alpha or lower --sites")
+    raise ConfigError(f"{{alpha}} {alpha} over {n_sites} sites leaves a site nearly empty; "
+                      "raise {alpha} or lower {sites}")
 
 
 def add_noise(X: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -109,6 +127,15 @@ def make_shards(X: np.ndarray, y: np.ndarray, spec: PartitionSpec) -> list[np.nd
         X_site = add_noise(X[rows], spec.noise_std, rng) if number in spec.noisy_sites else X[rows]
         shards.append(pack(X_site, y[rows]))
     return shards
+
+
+def scenario(name: str) -> PartitionSpec:
+    """The partition of a named scenario (see :data:`SCENARIOS`)."""
+    preset = dict(SCENARIOS[name])
+    kind = preset.pop("partition")
+    if kind == "sizes":
+        preset["sites"] = len(preset["sizes"])
+    return PartitionSpec(kind=kind, **preset)
 
 
 def label_histogram(shards: list[np.ndarray], n_classes: int = 10) -> np.ndarray:

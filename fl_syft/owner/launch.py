@@ -1,8 +1,11 @@
-"""Start and stop the local datasites (data owner side): ``python launch_datasites.py``.
+"""Start and stop local datasites (data owner side).
 
-Each site runs ``python -m fl_syft.datasite`` in its own process (a crash of one leaves
-the others up). The connection file ``<state-dir>/datasites.json`` is written only once
-every site answers, so its presence means "ready"; it is removed on shutdown.
+One code path for both entry points: ``fl-syft launch`` / ``python launch_datasites.py``
+(N sites, each a shard of a partitioned data set) and ``fl-syft serve`` (one site with the
+owner's own file). Each site runs ``python -m fl_syft.owner.datasite`` in its own process (a
+crash of one leaves the others up). The connection file ``<state-dir>/datasites.json`` is
+written only once every site answers, so its presence means "ready"; it is removed on
+shutdown.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from tqdm import tqdm
 
-from fl_syft.datasite import SiteSpec, write_private
-from fl_syft.partition import PartitionSpec
+from fl_syft.common.errors import ConfigError, FlSyftError
+from fl_syft.common.files import write_json, write_private
+from fl_syft.common.partition import PartitionSpec
+from fl_syft.owner.datasite import SiteSpec
 
 log = logging.getLogger("fl_syft.launch")
 
@@ -41,12 +47,39 @@ START_TIMEOUT = 180.0
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class LaunchError(Exception):
+class LaunchError(FlSyftError):
     """The datasites cannot be started; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SiteSetup:
+    """One site to start: its name, port and (PostgreSQL) database."""
+
+    name: str
+    port: int
+    db_url: str | None = None
+
+
+class DeploymentOptions(Protocol):
+    """What :class:`Deployment` needs; :class:`LaunchOptions` and ``serve.ServeOptions`` provide it."""
+
+    host: str
+    state_dir: Path
+    keep: bool
+    verbose: bool
+    port_field: str  # the setting to change when a port is busy
+
+    def check(self) -> None: ...
+
+    def setups(self) -> list[SiteSetup]: ...
+
+    def load_shards(self) -> list[np.ndarray]: ...
 
 
 @dataclass
 class LaunchOptions:
+    """N local sites, each holding one shard of ``data`` split by ``partition``."""
+
     partition: PartitionSpec = field(default_factory=PartitionSpec)
     data: str = "embedded"
     base_port: int = 54879
@@ -55,22 +88,40 @@ class LaunchOptions:
     keep: bool = False
     db_url: str | None = None  # PostgreSQL URL prefix; one database per site is derived
     verbose: bool = False
-
-    def names(self) -> list[str]:
-        return [f"site-{i}" for i in range(1, self.partition.n_sites + 1)]
+    port_field = "base_port"
 
     def check(self) -> None:
-        """Raise ValueError (one line naming the flag) for values that cannot work."""
-        last = self.base_port + self.partition.n_sites - 1
+        """Raise ConfigError (one line naming the setting) for values that cannot work."""
+        n = self.partition.n_sites
+        last = self.base_port + n - 1
         if not 1024 <= self.base_port or last > 65535:
-            raise ValueError(f"--base-port {self.base_port} with {self.partition.n_sites} sites needs ports "
-                             f"{self.base_port}..{last}: use 1024..{65536 - self.partition.n_sites}")
+            raise ConfigError(f"{{base_port}} {self.base_port} with {n} sites needs ports "
+                              f"{self.base_port}..{last}: use 1024..{65536 - n}")
+        if self.db_url:
+            site_db_url(self.db_url, "site-1")  # the URL's form, before anything starts
+
+    def setups(self) -> list[SiteSetup]:
+        return [SiteSetup(name, self.base_port + i, site_db_url(self.db_url, name) if self.db_url else None)
+                for i, name in enumerate(site_names(self.partition.n_sites))]
+
+    def load_shards(self) -> list[np.ndarray]:
+        from fl_syft.common.data import load_mnist
+        from fl_syft.common.partition import make_shards
+
+        mnist = load_mnist(self.data)
+        self.partition.check(len(mnist.y_train))
+        return make_shards(mnist.X_train, mnist.y_train, self.partition)
+
+
+def site_names(n: int) -> list[str]:
+    """site-1..site-N: the names launched sites get (and in-process simulation uses)."""
+    return [f"site-{i}" for i in range(1, n + 1)]
 
 
 class Deployment:
-    """The local datasites of one launch; as a context manager, always stopped on exit."""
+    """The local datasites of one start; as a context manager, always stopped on exit."""
 
-    def __init__(self, opts: LaunchOptions):
+    def __init__(self, opts: DeploymentOptions):
         self.opts = opts
         self.state = Path(opts.state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -88,49 +139,41 @@ class Deployment:
 
     def start(self) -> list[dict]:
         """Start every site, wait until all answer, write the connection file; return the table."""
-        opts, names = self.opts, self.opts.names()
+        opts, setups = self.opts, self.opts.setups()
         if opts.host not in LOOPBACK:
             log.warning("binding to %s: the datasites are reachable from other machines", opts.host)
-        ports = [opts.base_port + i for i in range(len(names))]
-        for port in ports:
-            check_port_free(opts.host, port)
+        for setup in setups:
+            check_port_free(opts.host, setup.port, opts.port_field)
         self.connection_file.unlink(missing_ok=True)
-        for name in names if opts.db_url else []:
-            ensure_database(site_db_url(opts.db_url, name))
+        for setup in setups:
+            if setup.db_url:
+                ensure_database(setup.db_url)
         pw = resolve_secrets(self.state, opts.keep)
-        shards = None if opts.keep else self._shards()
-        for i, (name, port) in enumerate(zip(names, ports, strict=True)):
-            site_dir = self.state / name
+        shards = [None] * len(setups) if opts.keep else opts.load_shards()
+        for setup, shard in zip(setups, shards, strict=True):
+            site_dir = self.state / setup.name
             if opts.keep and not (site_dir / "identity.json").exists():
-                raise LaunchError(f"--keep: no saved state for {name} in {site_dir}; start once without --keep")
+                raise LaunchError(f"--keep: no saved state for {setup.name} in {site_dir}; "
+                                  "start once without --keep")
             if not opts.keep:
                 shutil.rmtree(site_dir, ignore_errors=True)
-                write_private(site_dir / "shard.npy", _npy_bytes(shards[i]))
-            spec = SiteSpec(name=name, host=opts.host, port=port, state_dir=str(site_dir),
+                write_private(site_dir / "shard.npy", _npy_bytes(shard))
+            spec = SiteSpec(name=setup.name, host=opts.host, port=setup.port, state_dir=str(site_dir),
                             admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
-                            ds_password=pw["ds_password"], fresh=not opts.keep,
-                            db_url=site_db_url(opts.db_url, name) if opts.db_url else None)
-            self.specs[name] = spec
+                            ds_password=pw["ds_password"], fresh=not opts.keep, db_url=setup.db_url)
+            self.specs[setup.name] = spec
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
-            self.procs[name] = self._spawn(spec)
+            self.procs[setup.name] = self._spawn(spec)
         try:
             table = self._wait_ready()
         except BaseException:
             self.stop()
             raise
-        write_private(self.connection_file, json.dumps({"datasites": [
+        write_json(self.connection_file, {"datasites": [
             {"name": s.name, "url": f"http://{_client_host(s.host)}", "port": s.port, "ds_email": s.ds_email}
-            for s in self.specs.values()]}, indent=2))
+            for s in self.specs.values()]})
         return table
-
-    def _shards(self) -> list[np.ndarray]:
-        from fl_syft.data import load_mnist
-        from fl_syft.partition import make_shards
-
-        mnist = load_mnist(self.opts.data)
-        self.opts.partition.check(len(mnist.y_train))
-        return make_shards(mnist.X_train, mnist.y_train, self.opts.partition)
 
     def _spawn(self, spec: SiteSpec) -> subprocess.Popen:
         # One BLAS thread per site (sites run side by side), set before any BLAS library loads.
@@ -139,7 +182,7 @@ class Deployment:
         out = (spec.dir / "site.log").open("a")
         # Own session: a terminal Ctrl-C reaches only the launcher, which stops sites in order.
         # No stdin: a PySyft confirmation prompt must fail, never wait forever.
-        return subprocess.Popen([sys.executable, "-m", "fl_syft.datasite", str(spec.dir / "spec.json")],
+        return subprocess.Popen([sys.executable, "-m", "fl_syft.owner.datasite", str(spec.dir / "spec.json")],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
 
@@ -193,7 +236,8 @@ class Deployment:
 
     def serve_forever(self) -> None:
         """Block until SIGINT/SIGTERM, reporting any site that stops on its own."""
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
+            signal.signal(sig, _raise_interrupt)
         reported: set[str] = set()
         try:
             while True:
@@ -207,7 +251,7 @@ class Deployment:
             log.info("stopping datasites")
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, port_field: str = "port") -> None:
     """Raise LaunchError if ``port`` cannot be bound on ``host`` (PySyft would not notice)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,7 +259,7 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             raise LaunchError(f"port {port} on {host} is already in use ({e.strerror}): stop what runs "
-                              "there or choose another --base-port") from None
+                              f"there or choose another {{{port_field}}}") from None
 
 
 def free_base_port(n: int, host: str = "127.0.0.1") -> int:
@@ -239,7 +283,7 @@ def site_db_url(db_url: str, site: str) -> str:
     parts = urlsplit(db_url)
     database = parts.path.lstrip("/")
     if parts.scheme != "postgresql" or not parts.hostname or not database:
-        raise LaunchError(f"--db-url {db_url!r} must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        raise ConfigError(f"{{db_url}} {db_url!r} must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
     return urlunsplit(parts._replace(path=f"/{database}_{site.replace('-', '_')}"))
 
 
@@ -270,7 +314,7 @@ def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:
         "ds_password": os.environ.get("FL_SYFT_DS_PASSWORD") or saved.get("ds_password")
         or secrets.token_urlsafe(18),
     }
-    write_private(path, json.dumps(values, indent=2))
+    write_json(path, values)
     return values
 
 

@@ -1,6 +1,6 @@
-"""Federated averaging of site results: pure functions, no I/O.
+"""Aggregation of site results: pure functions, no I/O (in the spirit of Flower's ``aggregate.py``).
 
-A site result is the dict ``ml_experiment`` returns. Each is validated before it is used,
+A site result is the dict a vetted function returns. Each is validated before it is used,
 and a bad one raises :class:`SiteResultError` naming the site, so a broken or hostile site
 cannot silently poison the global model.
 """
@@ -11,10 +11,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-N_CLASSES, N_FEATURES = 10, 784
+from fl_syft.common.errors import FlSyftError
+from fl_syft.common.model import N_CLASSES, N_FEATURES
 
 
-class SiteResultError(ValueError):
+class SiteResultError(FlSyftError):
     """A site returned something that is not a valid model update."""
 
     def __init__(self, site: str, problem: str):

@@ -1,9 +1,10 @@
 """Auto-approval of code requests on a datasite (data owner side).
 
-A request is approved only if its code is one of the vetted functions in
-``fl_syft.experiment``, compared by a fingerprint of the source (the function's AST with
-decorators removed: formatting and comments do not matter, everything else does), and its
-inputs are exactly this site's asset plus the function's declared plain arguments.
+A request is approved only if its code is one of the vetted functions in ``fl_syft.vetted``
+(every public function of every module there), compared by a fingerprint of the source
+(the function's AST with decorators removed: formatting and comments do not matter,
+everything else does), and its inputs are exactly this site's asset plus the function's
+declared plain arguments.
 Everything else is denied with a reason the data scientist can read. Every decision is
 appended to an audit log (JSON lines).
 """
@@ -11,28 +12,52 @@ appended to an audit log (JSON lines).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import json
 import logging
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_syft import experiment
-from fl_syft.experiment import fingerprint
+from fl_syft import vetted
+from fl_syft.common.fingerprint import fingerprint, fingerprint_of
 
 log = logging.getLogger("fl_syft.approval")
 
-# name -> the function; its first argument is the asset, the rest are plain dicts.
-VETTED: dict[str, Callable] = {"ml_experiment": experiment.ml_experiment,
-                               "lr_loss_grad": experiment.lr_loss_grad}
+
+def vetted_functions() -> dict[str, Callable]:
+    """name -> function, for every public function defined in a module of ``fl_syft.vetted``.
+    Its first argument is the asset, the rest are plain dicts."""
+    found: dict[str, Callable] = {}
+    for info in pkgutil.iter_modules(vetted.__path__):
+        module = importlib.import_module(f"{vetted.__name__}.{info.name}")
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith("_") and fn.__module__ == module.__name__:
+                found[name] = fn
+    return found
 
 
-def vetted_fingerprints() -> dict[str, str]:
-    """name -> fingerprint of the data owner's own installed copy."""
-    return {name: fingerprint(inspect.getsource(fn)) for name, fn in VETTED.items()}
+@dataclass(frozen=True)
+class Vetted:
+    """What the approver knows of one vetted function: where it lives, its fingerprint, its arguments."""
+
+    name: str
+    module: str
+    fingerprint: str
+    params: tuple[str, ...]  # the asset first, then the plain dict arguments
+
+    @classmethod
+    def of(cls, fn: Callable) -> Vetted:
+        return cls(fn.__name__, fn.__module__, fingerprint_of(fn), tuple(inspect.signature(fn).parameters))
+
+
+def allow_list() -> dict[str, Vetted]:
+    """The data owner's own installed vetted functions, by name."""
+    return {name: Vetted.of(fn) for name, fn in vetted_functions().items()}
 
 
 @dataclass(frozen=True)
@@ -44,8 +69,8 @@ class Decision:
 
 
 def decide(func_name: str, raw_code: str, input_kwargs: dict, asset_id: str,
-           vetted: dict[str, str]) -> Decision:
-    """Judge one code request.
+           allowed: dict[str, Vetted]) -> Decision:
+    """Judge one code request (pure: no PySyft).
 
     ``input_kwargs``: argument name -> ("asset", action id) or ("plain", type name), as read
     from the request's input policy; ``asset_id``: this site's asset action id.
@@ -54,13 +79,14 @@ def decide(func_name: str, raw_code: str, input_kwargs: dict, asset_id: str,
         fp = fingerprint(raw_code)
     except (SyntaxError, ValueError) as e:
         return Decision(False, f"denied: not a single function definition ({e})", func_name, "")
-    if func_name not in vetted:
+    if func_name not in allowed:
         return Decision(False, f"denied: {func_name!r} is not on this site's allow-list "
-                               f"({', '.join(sorted(vetted))})", func_name, fp)
-    if fp != vetted[func_name]:
+                               f"({', '.join(sorted(allowed))})", func_name, fp)
+    vetted = allowed[func_name]
+    if fp != vetted.fingerprint:
         return Decision(False, f"denied: {func_name!r} differs from the vetted fl_syft version "
-                               "(submit fl_syft.experiment.%s unchanged)" % func_name, func_name, fp)
-    params = list(inspect.signature(VETTED[func_name]).parameters)
+                               f"(submit {vetted.module}.{func_name} unchanged)", func_name, fp)
+    params = vetted.params
     expected = {params[0]: ("asset", asset_id), **{p: ("plain", "dict") for p in params[1:]}}
     if input_kwargs != expected:
         return Decision(False, f"denied: inputs must be {params[0]}=<this site's asset> and "
@@ -105,7 +131,7 @@ class Approver:
                  poll_seconds: float = 0.1):
         self.client, self.count_requests, self.site, self.audit_path = root_client, count_requests, site, audit_path
         self.poll_seconds = poll_seconds
-        self.vetted = vetted_fingerprints()
+        self.allowed = allow_list()
         self.asset_id = str(root_client.datasets[0].assets[0].action_id)
         self._settled = -1  # request count when every request was last decided
 
@@ -130,8 +156,7 @@ class Approver:
 
     def handle(self, request) -> Decision:
         code = request.code
-        decision = decide(code.service_func_name, code.raw_code, read_inputs(code), self.asset_id,
-                          self.vetted)
+        decision = decide(code.service_func_name, code.raw_code, read_inputs(code), self.asset_id, self.allowed)
         with contextlib.redirect_stdout(io.StringIO()):  # PySyft prints a banner per decision
             if decision.approve:
                 request.approve(disable_warnings=True)

@@ -1,6 +1,6 @@
 """One PySyft datasite in its own OS process (data owner side).
 
-``python -m fl_syft.datasite SPEC.json`` builds the datasite (its identity persisted in
+``python -m fl_syft.owner.datasite SPEC.json`` builds the datasite (its identity persisted in
 the site's state directory so ``--keep`` restarts with datasets, accounts and audit log),
 makes sure the data scientist's account and the private shard exist, starts the
 auto-approver, and serves the PySyft API with uvicorn until SIGTERM/SIGINT.
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fl_syft.common.files import write_private
 
 log = logging.getLogger("fl_syft.datasite")
 
@@ -51,16 +53,6 @@ class SiteSpec:
     @classmethod
     def load(cls, path: Path) -> SiteSpec:
         return cls(**json.loads(path.read_text()))
-
-
-def write_private(path: Path, content: str | bytes) -> None:
-    """Write a file readable only by its owner (mode 0600 from creation, no window), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    tmp.replace(path)
 
 
 def synthetic_mock(n_rows: int = MOCK_ROWS, seed: int = 0) -> np.ndarray:
@@ -136,7 +128,7 @@ def dataset_name(site: str) -> str:
     return f"mnist-{site}"
 
 
-def serve(spec: SiteSpec) -> None:
+def run_site(spec: SiteSpec) -> None:
     """Build, prepare and serve one datasite until SIGTERM/SIGINT (blocking)."""
     shard_path = spec.dir / "shard.npy"
     shard = np.load(shard_path) if shard_path.exists() else None
@@ -145,7 +137,7 @@ def serve(spec: SiteSpec) -> None:
     shard_path.unlink(missing_ok=True)  # the datasite holds it now; no second copy on disk
     del shard
 
-    from fl_syft.approval import Approver
+    from fl_syft.owner.approval import Approver
 
     _keep_decoded_arrays()
 
@@ -246,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
     if verbose:  # the real traceback of a failing user function (PySyft hides it)
         logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
-    serve(spec)
+    run_site(spec)
     return 0
 
 

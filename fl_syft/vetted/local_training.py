@@ -1,13 +1,10 @@
-"""The vetted functions a datasite runs on its private shard.
+"""``ml_experiment``: one warm-started local round of logistic regression on a site's shard.
 
-Each is shipped to the datasites as *source* (a PySyft code request) and approved only
-if its fingerprint equals the data owner's installed copy, so each must be
-self-contained: imports inside, no closures, no project imports. Shared by both sides:
-the data scientist submits them, the data owner's approver compares against them, and
-``simulate`` calls them directly.
-
-Features are pixels/255 on every site: averaged coefficients only mean something in one
-shared feature space, so there is no per-site scaler.
+Shipped to the datasites as *source* (a PySyft code request) and approved only if its
+fingerprint equals the data owner's installed copy, so it is self-contained: imports
+inside, no closures, no project imports (a test checks). Features are pixels/255 on every
+site: averaged coefficients only mean something in one shared feature space, so there is
+no per-site scaler.
 """
 
 
@@ -102,61 +99,3 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         "global_accuracy": global_accuracy,
         "seconds": time.perf_counter() - started,
     }
-
-
-def lr_loss_grad(data, global_params: dict, config: dict) -> dict:
-    """Multinomial cross-entropy of this shard at the given model, summed, and its gradient.
-
-    The data scientist adds the sites' sums (plus the L2 term) to get the exact
-    centralized objective and gradient, and runs L-BFGS on them: logistic regression is
-    convex, so this reaches the centralized optimum whatever the label skew.
-    data: (n, 785) uint8 shard as for ``ml_experiment``; every row is used.
-    global_params: {"coef": (10, 784), "intercept": (10,)} float64.
-    config: {} (no settings; present so every vetted function has the same inputs).
-    Returns only sums: "loss" (nats, summed over rows), "grad_coef" (10, 784), "grad_intercept"
-    (10,), "n_samples", "seconds" (compute time).
-    """
-    import time
-
-    import numpy as np
-
-    started = time.perf_counter()
-    if config:
-        raise ValueError(f"unknown config keys {sorted(config)}; lr_loss_grad takes none")
-    n_features = data.shape[1] - 1
-    coef = np.asarray(global_params["coef"], dtype=np.float64)
-    intercept = np.asarray(global_params["intercept"], dtype=np.float64)
-    X = data[:, :n_features] / 255.0
-    y = data[:, n_features].astype(np.int64)
-    z = X @ coef.T + intercept
-    z -= z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    rows = np.arange(len(y))
-    residual = np.exp(z - log_norm[:, None])  # softmax probabilities ...
-    residual[rows, y] -= 1.0  # ... minus one-hot labels
-    return {
-        "loss": float(np.sum(log_norm - z[rows, y])),
-        "grad_coef": residual.T @ X,
-        "grad_intercept": residual.sum(axis=0),
-        "n_samples": int(len(y)),
-        "seconds": time.perf_counter() - started,
-    }
-
-
-def fingerprint(source: str) -> str:
-    """SHA-256 identifying the one function defined in ``source``, decorators stripped.
-
-    Hashes the AST, so formatting and comments do not matter and everything else
-    (docstring included) does. Raises ValueError unless ``source`` is exactly one function.
-    Used by the data owner to recognise a vetted function and by the data scientist to
-    find their own request for it.
-    """
-    import ast
-    import hashlib
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(source))
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
-        raise ValueError("code must be exactly one function definition")
-    tree.body[0].decorator_list = []
-    return hashlib.sha256(ast.dump(tree.body[0], include_attributes=False).encode()).hexdigest()

@@ -1,0 +1,37 @@
+"""Atomic, owner-only file writes: a crash never leaves half a file, and no one else can read it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write ``path`` readable only by its owner (0600 from creation, no window), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    tmp.replace(path)
+
+
+def to_json(obj: object) -> str:
+    """Strict JSON (NaN and infinity refused: they are not JSON); numpy values as plain numbers."""
+    return json.dumps(obj, indent=2, default=_plain, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: object) -> None:
+    """:func:`to_json` written atomically with :func:`write_private`."""
+    write_private(path, to_json(obj))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

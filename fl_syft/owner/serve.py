@@ -1,0 +1,52 @@
+"""``fl-syft serve``: one datasite for one data owner, on their machine, with their own data.
+
+The same code path as the launcher (:class:`fl_syft.owner.launch.Deployment`) with one site
+whose rows come from the owner's file instead of a partition: same accounts, approver,
+audit log, synthetic mock and secrets. The data scientist reaches it with
+``fl-syft run --datasite http://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fl_syft.common.errors import ConfigError
+from fl_syft.owner.launch import SiteSetup, site_db_url
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class ServeOptions:
+    """One site named ``name`` serving the rows of ``data`` (see ``common.data.load_shard``)."""
+
+    data: str
+    name: str
+    port: int = 54879
+    host: str = "127.0.0.1"
+    state_dir: Path = Path(".fl-syft")
+    keep: bool = False
+    db_url: str | None = None  # PostgreSQL URL prefix; the site's database is derived from it
+    verbose: bool = False
+    port_field = "port"
+
+    def check(self) -> None:
+        """Raise ConfigError (one line naming the setting) for values that cannot work."""
+        if not NAME.match(self.name):
+            raise ConfigError(f"{{name}} {self.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        if not 1024 <= self.port <= 65535:
+            raise ConfigError(f"{{port}} {self.port} must be in 1024..65535")
+        if self.db_url:
+            site_db_url(self.db_url, self.name)
+
+    def setups(self) -> list[SiteSetup]:
+        return [SiteSetup(self.name, self.port, site_db_url(self.db_url, self.name) if self.db_url else None)]
+
+    def load_shards(self) -> list[np.ndarray]:
+        from fl_syft.common.data import load_shard
+
+        return [load_shard(self.data)]
