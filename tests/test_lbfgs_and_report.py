@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import PLAIN, plain_policy
 
 from fl_syft.cli import build_parser, main, partition_spec
 from fl_syft.common.data import load_mnist
@@ -20,7 +21,8 @@ def small(small_idx):
 def test_federated_lbfgs_reaches_the_pooled_optimum_under_label_skew(small):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(kind="dirichlet", sites=5, alpha=0.1))
     assert min(len(np.unique(s[:, -1])) for s in shards) < 10  # some sites lack classes
-    params, history = Lbfgs(LbfgsSettings(rounds=500, C=0.1)).run(local_sites(shards), small.X_test, small.y_test)
+    params, history = Lbfgs(LbfgsSettings(rounds=500, C=0.1)).run(local_sites(shards, plain_policy()), small.X_test,
+                                                                   small.y_test)
     pooled = baselines.centralized(shards, 0.1, small.X_test, small.y_test)
     assert np.abs(params["coef"] - pooled["params"]["coef"]).max() < 0.05 * np.abs(pooled["params"]["coef"]).max()
     assert abs(history[-1]["global_test_accuracy"] - pooled["test_accuracy"]) <= 0.005
@@ -53,8 +55,8 @@ def test_explicit_flag_beats_the_scenario():
 
 def test_simulate_writes_the_full_report(small, small_idx, tmp_path):
     out = tmp_path / "run"
-    assert main(["simulate", "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "3", "--local-iters", "5",
-                 "--baselines", "--out", str(out)]) == 0
+    assert main(["simulate", *PLAIN, "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "3",
+                 "--local-iters", "5", "--baselines", "--out", str(out)]) == 0
     for name in ("metrics.json", "metrics.csv", "model.npz", "checkpoint.npz", "convergence.png",
                  "confusion_matrix.png", "comparison.png", "report.md"):
         assert (out / name).stat().st_size > 0, name
@@ -64,7 +66,7 @@ def test_simulate_writes_the_full_report(small, small_idx, tmp_path):
     csv_rows = (out / "metrics.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 3 * 3  # header + one row per round and site
     report = (out / "report.md").read_text()
-    assert "![convergence](convergence.png)" in report and "centralized ceiling" in report
+    assert "![convergence](convergence.png)" in report and "centralized LR on the pooled shards (same C)" in report
     assert "every row of each site's shard" in report  # the partition's label histogram
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=3))
     for site, counts in zip(("site-1", "site-2", "site-3"), label_histogram(shards), strict=True):
@@ -73,7 +75,7 @@ def test_simulate_writes_the_full_report(small, small_idx, tmp_path):
 
 def test_lbfgs_through_the_cli(small_idx, tmp_path):
     out = tmp_path / "lbfgs"
-    assert main(["simulate", "--data", f"idx:{small_idx}", "--algorithm", "lbfgs", "--rounds", "30",
+    assert main(["simulate", *PLAIN, "--data", f"idx:{small_idx}", "--algorithm", "lbfgs", "--rounds", "30",
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["algorithm"] == "lbfgs" and 1 < len(metrics["rounds"]) <= 31

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import plain_policy
 
 from fl_syft.cli import main
 from fl_syft.common.partition import PartitionSpec
@@ -55,7 +56,7 @@ def test_postgres_state_survives_a_restart(postgres, small_idx, tmp_path):
     import psycopg
 
     opts = LaunchOptions(partition=PartitionSpec(sites=1), data=f"idx:{small_idx}", base_port=free_base_port(1),
-                         state_dir=tmp_path / "state", db_url=postgres)
+                         state_dir=tmp_path / "state", db_url=postgres, policy=plain_policy())
     run = ["run", "--connection", str(tmp_path / "state" / "datasites.json"), "--data", f"idx:{small_idx}",
            "--rounds", "1", "--local-iters", "2"]
     with Deployment(opts) as d:

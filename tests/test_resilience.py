@@ -101,3 +101,19 @@ def test_resume_of_a_finished_run_does_nothing(deployment, small_idx, tmp_path, 
     assert main(["run", "--resume", str(out), "--connection", str(deployment.connection_file)]) == 0
     assert "nothing to do: 1 of 1 rounds already completed" in capsys.readouterr().err
     assert os.path.getmtime(out / "model.npz") == mtime
+
+
+def test_two_first_time_runs_at_once_share_one_request(small_idx, tmp_path):
+    """Both submit ml_experiment at the same moment; the second finds the first's request."""
+    fresh = running_deployment(f"idx:{small_idx}", tmp_path / "state")
+    deployment = next(fresh)
+    try:
+        runs = [subprocess.Popen([sys.executable, "-m", "fl_syft",
+                                  *run_args(deployment, small_idx, tmp_path / f"out{i}", "--rounds", "1")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        results = [run.communicate(timeout=180) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in results]
+        assert all("Traceback" not in err for _, err in results)
+        assert [e["decision"] for e in audit(deployment.connection_file)][:1] == ["approved"]
+    finally:
+        fresh.close()

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import error_line
+from conftest import PLAIN, error_line
 
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.syft
 
 def start_serve(data, name: str, port: int, state, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fl_syft", "serve", "--data", str(data), "--name", name,
-                             "--port", str(port), "--state-dir", str(state)],
+                             "--port", str(port), "--state-dir", str(state), *PLAIN, "--min-rows", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -16,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import error_line
-from syft_helpers import audit, function_from_source, login, running_deployment, submit, wait_decision
+from conftest import error_line, plain_policy
+from syft_helpers import audit, function_from_source, login, run_notebook, running_deployment, submit, wait_decision
 
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
@@ -130,7 +129,7 @@ def test_pysyft_run_equals_simulation(deployment, small, small_idx):
     sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
     remote, _ = fedavg.run(sites, small.X_test, small.y_test)
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
-    local, _ = fedavg.run(local_sites(shards), small.X_test, small.y_test)
+    local, _ = fedavg.run(local_sites(shards, plain_policy()), small.X_test, small.y_test)
     assert np.abs(remote["coef"] - local["coef"]).max() <= 1e-6
     assert np.abs(remote["intercept"] - local["intercept"]).max() <= 1e-6
 
@@ -216,20 +215,8 @@ def test_launcher_refuses_a_busy_port(deployment, small_idx, capsys):
 
 
 def test_notebook_executes_top_to_bottom(deployment, small_idx):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "federated_mnist.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store without outputs"
-    env = {"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "2",
-           "FL_SYFT_LOCAL_ITERS": "3", "FL_SYFT_DATA": f"idx:{small_idx}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb = run_notebook({"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "2",
+                       "FL_SYFT_LOCAL_ITERS": "3", "FL_SYFT_DATA": f"idx:{small_idx}"})
     results = [o["data"]["text/plain"] for c in nb.cells for o in c.get("outputs", [])
                if o.get("output_type") == "execute_result"]
     assert any("final global test accuracy" in r for r in results)
@@ -244,12 +231,37 @@ def test_crash_of_one_site_leaves_the_others_serving(deployment):
     assert client.datasets[0].assets[0].mock.shape == (100, 785)
 
 
-def test_wrong_password_is_one_line(deployment, small_idx, capsys, monkeypatch):
-    monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "not-the-password")
-    rc = main(["run", "--connection", str(deployment.connection_file), "--data", f"idx:{small_idx}"])
+@pytest.mark.parametrize("how", ["variable", "variable with --datasite", "secrets.json"])
+def test_wrong_password_is_one_line_naming_where_it_came_from(deployment, small_idx, tmp_path, capsys,
+                                                               monkeypatch, how):
+    port = deployment.opts.base_port
+    if how == "secrets.json":  # the launcher's files, but a password from an earlier start
+        monkeypatch.delenv("FL_SYFT_DS_PASSWORD", raising=False)
+        (tmp_path / "datasites.json").write_text(deployment.connection_file.read_text())
+        (tmp_path / "secrets.json").write_text(json.dumps({"ds_password": "from-an-earlier-start"}))
+        where = ["--connection", str(tmp_path / "datasites.json")]
+    else:
+        monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "not-the-password")
+        where = (["--datasite", f"http://127.0.0.1:{port}"] if "datasite" in how
+                 else ["--connection", str(deployment.connection_file)])
+    rc = main(["run", *where, "--data", f"idx:{small_idx}"])
     line = error_line(capsys.readouterr().err)
-    assert rc == 1 and "login to site-1 at http://127.0.0.1:" in line
-    assert "wrong email or password (set FL_SYFT_DS_PASSWORD)" in line
+    assert rc == 1 and f"at http://127.0.0.1:{port} failed for scientist@fl-syft.example.com: wrong email" in line
+    if how == "secrets.json":
+        assert f"the ds_password in {tmp_path / 'secrets.json'} does not match" in line
+    else:
+        assert "FL_SYFT_DS_PASSWORD does not match this datasite's password for you" in line
+        assert "secrets.json" not in line
+
+
+def test_one_datasite_by_two_urls_is_refused(deployment, small_idx, capsys, monkeypatch):
+    secrets = json.loads((deployment.state / "secrets.json").read_text())
+    monkeypatch.setenv("FL_SYFT_DS_PASSWORD", secrets["ds_password"])
+    port = deployment.opts.base_port
+    rc = main(["run", "--datasite", f"http://127.0.0.1:{port}", "--datasite", f"http://localhost:{port}",
+               "--data", f"idx:{small_idx}"])
+    line = error_line(capsys.readouterr().err)
+    assert rc == 1 and f"http://127.0.0.1:{port} and http://localhost:{port} are the same datasite (site-1)" in line
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

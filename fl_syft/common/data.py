@@ -54,6 +54,8 @@ class Mnist:
         for X, y, part in ((self.X_train, self.y_train, "train"), (self.X_test, self.y_test, "test")):
             if X.dtype != np.uint8 or X.ndim != 2 or X.shape[1] != N_FEATURES:
                 raise DataError(f"{origin}: {part} images must be (n, 784) uint8, got {X.shape} {X.dtype}")
+            if X.shape[0] == 0:
+                raise DataError(f"{origin}: the {part} set holds no images")
             if y.shape != (X.shape[0],):
                 raise DataError(f"{origin}: {part} has {X.shape[0]} images but {y.shape[0]} labels")
             if y.size and (y.min() < 0 or y.max() >= N_CLASSES):

@@ -15,16 +15,15 @@ import contextlib
 import importlib
 import inspect
 import io
-import json
 import logging
 import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fl_syft import vetted
 from fl_syft.common.fingerprint import fingerprint, fingerprint_of
+from fl_syft.owner.audit import AuditLog
 
 log = logging.getLogger("fl_syft.approval")
 
@@ -127,9 +126,9 @@ class Approver:
     without taxing the cores the sites compute on. ``count_requests`` returns that number.
     """
 
-    def __init__(self, root_client, count_requests: Callable[[], int], site: str, audit_path: Path,
+    def __init__(self, root_client, count_requests: Callable[[], int], site: str, audit: AuditLog,
                  poll_seconds: float = 0.1):
-        self.client, self.count_requests, self.site, self.audit_path = root_client, count_requests, site, audit_path
+        self.client, self.count_requests, self.site, self.audit_log = root_client, count_requests, site, audit
         self.poll_seconds = poll_seconds
         self.allowed = allow_list()
         self.asset_id = str(root_client.datasets[0].assets[0].action_id)
@@ -167,8 +166,7 @@ class Approver:
 
     def audit(self, request, decision: Decision) -> None:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "site": self.site,
+            "event": "decision",
             "request_id": str(request.id),
             "requester": str(request.requesting_user_email or request.requesting_user_verify_key),
             "function": decision.function,
@@ -176,6 +174,5 @@ class Approver:
             "decision": "approved" if decision.approve else "denied",
             "reason": decision.reason,
         }
-        with self.audit_path.open("a") as f:  # one approver thread per site: no lock needed
-            f.write(json.dumps(entry) + "\n")
+        self.audit_log.write(entry)
         log.info("%s: %s %s from %s", self.site, entry["decision"], decision.function, entry["requester"])

@@ -8,6 +8,9 @@ auto-approver, and serves the PySyft API with uvicorn until SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
@@ -15,12 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fl_syft.common.files import write_private
+from fl_syft.common.files import write_json, write_private
+from fl_syft.common.policy import PrivacyPolicy, default_delta
 
 log = logging.getLogger("fl_syft.datasite")
 
@@ -42,6 +46,7 @@ class SiteSpec:
     ds_password: str
     fresh: bool = True  # wipe earlier state (the launcher's default; --keep sets False)
     db_url: str | None = None
+    policy: dict = field(default_factory=lambda: PrivacyPolicy().to_dict())  # PrivacyPolicy; delta None: by rows
 
     @property
     def dir(self) -> Path:
@@ -67,18 +72,11 @@ def synthetic_mock(n_rows: int = MOCK_ROWS, seed: int = 0) -> np.ndarray:
     return np.column_stack([pixels, labels])
 
 
-def identity(site_dir: Path, fresh: bool) -> tuple[str, str]:
-    """(server uid hex, signing key hex), kept in ``identity.json`` (0600) for restarts."""
-    path = site_dir / "identity.json"
-    if path.exists() and not fresh:
-        saved = json.loads(path.read_text())
-        return saved["server_uid"], saved["signing_key"]
-    from syft.server.credentials import SyftSigningKey
-    from syft.types.uid import UID
-
-    uid, key = UID().no_dash, str(SyftSigningKey.generate())
-    write_private(path, json.dumps({"server_uid": uid, "signing_key": key}))
-    return uid, key
+def identity(site_dir: Path) -> tuple[str, str]:
+    """(server uid hex, signing key hex) from ``identity.json``, which the launcher writes (0600) so
+    that restarts keep it and the federation's peers know the site's verify key before it starts."""
+    saved = json.loads((site_dir / "identity.json").read_text())
+    return saved["server_uid"], saved["signing_key"]
 
 
 def build_server(spec: SiteSpec):
@@ -86,7 +84,7 @@ def build_server(spec: SiteSpec):
     os.environ["SYFT_TEMP_ROOT"] = str(spec.dir / "syft")  # db and blobs inside the state dir
     # Keep shards in the database instead of blob files: ~3x faster calls (see notes).
     os.environ.setdefault("MIN_SIZE_BLOB_STORAGE_MB", "500")
-    uid, key = identity(spec.dir, spec.fresh)
+    uid, key = identity(spec.dir)
     from syft.server.credentials import SyftSigningKey
     from syft.server.datasite import Datasite
     from syft.types.uid import UID
@@ -99,14 +97,22 @@ def build_server(spec: SiteSpec):
 
 
 def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -> int:
-    """Create the scientist's account and upload the shard unless present; return rows held."""
+    """Create the scientist's account and upload the shard unless present; return rows held.
+
+    On a kept state the admin's and the scientist's passwords are set to the spec's, so a
+    password changed between starts (FL_SYFT_*_PASSWORD) is the one that works."""
     import syft as sy
 
     root = server.root_client
-    if not any(u.email == spec.ds_email for u in root.users.get_all()):
-        root.users.create(name="Data Scientist", email=spec.ds_email, password=spec.ds_password,
-                          password_verify=spec.ds_password, institution="fl-syft")
-        log.info("%s: created data scientist account %s", spec.name, spec.ds_email)
+    scientist = next((u for u in root.users.get_all() if u.email == spec.ds_email), None)
+    with contextlib.redirect_stdout(io.StringIO()):  # PySyft prints a banner per change
+        if scientist is None:
+            root.users.create(name="Data Scientist", email=spec.ds_email, password=spec.ds_password,
+                              password_verify=spec.ds_password, institution="fl-syft")
+            log.info("%s: created data scientist account %s", spec.name, spec.ds_email)
+        elif not spec.fresh:
+            root.users.update(uid=scientist.id, password=spec.ds_password)
+            root.account.set_password(spec.admin_password, confirm=False)
     existing = [d for d in root.datasets.get_all() if d.name == dataset_name(spec.name)]
     if existing:
         return int(existing[0].assets[ASSET_NAME].data.shape[0])  # .shape would be the mock's
@@ -130,23 +136,83 @@ def dataset_name(site: str) -> str:
 
 def run_site(spec: SiteSpec) -> None:
     """Build, prepare and serve one datasite until SIGTERM/SIGINT (blocking)."""
+    from fl_syft.owner.approval import Approver
+    from fl_syft.owner.audit import AuditLog
+    from fl_syft.owner.state import StateLock
+
+    StateLock(spec.dir, f"datasite {spec.name}").acquire()  # held until this process ends
     shard_path = spec.dir / "shard.npy"
     shard = np.load(shard_path) if shard_path.exists() else None
     server = build_server(spec)
     rows = ensure_accounts_and_data(server, spec, shard)
+    if shard is not None:  # what the ledger belongs to: these rows, whichever deployment serves them
+        write_json(spec.dir / "data.json", {"sha256": shard_sha256(shard), "rows": rows})
     shard_path.unlink(missing_ok=True)  # the datasite holds it now; no second copy on disk
     del shard
 
-    from fl_syft.owner.approval import Approver
-
     _keep_decoded_arrays()
-
-    approver = Approver(server.root_client, _request_counter(server), spec.name, spec.dir / "audit.jsonl")
+    _flat_call_cost()
+    audit = AuditLog(spec.dir / "audit.jsonl", spec.name)
+    guard = _install_guard(server, spec, rows, audit)
+    approver = Approver(server.root_client, _request_counter(server), spec.name, audit)
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
     _exit_with_parent()
-    write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid()}))
+    write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid(),
+                                                        "privacy": guard.policy.describe()}))
     log.info("%s: serving %d rows on http://%s:%d", spec.name, rows, spec.host, spec.port)
-    _run_uvicorn(server, spec.host, spec.port)
+    _run_uvicorn(server, spec.host, spec.port, guard)
+
+
+def shard_sha256(shard: np.ndarray) -> str:
+    """The identity of a shard's rows (what a privacy ledger belongs to)."""
+    return hashlib.sha256(np.ascontiguousarray(shard).tobytes()).hexdigest()
+
+
+def site_policy_from(policy: dict, rows: int) -> PrivacyPolicy:
+    """The owner's policy (``launch.owner_policy``) for a site of ``rows`` rows: its delta, if
+    unset, below 1/rows; checked against the rows."""
+    doc = dict(policy)
+    if doc.get("delta") is None:
+        doc["delta"] = default_delta(rows)
+    site = PrivacyPolicy.from_dict(doc)
+    site.check(rows)
+    return site
+
+
+def _install_guard(server, spec: SiteSpec, rows: int, audit):
+    """The owner's guard for this site, installed between PySyft and the vetted code, and its
+    privacy status published as the API endpoint ``fl_syft.privacy``."""
+    from fl_syft.owner import guard as guards
+    from fl_syft.owner.ledger import Ledger
+
+    policy = site_policy_from(spec.policy, rows)
+    ledger = None
+    if policy.dp:
+        data = json.loads((spec.dir / "data.json").read_text())
+        ledger = Ledger(spec.dir / "privacy-ledger.jsonl", data["sha256"], policy.epsilon, policy.delta)
+    secure = None
+    if policy.peers:
+        from fl_syft.owner.secagg import SecAggSite
+
+        signing = server.signing_key.signing_key  # the datasite's own identity signs its round keys
+        secure = SecAggSite(spec.name, lambda message: signing.sign(message).signature, policy.peers,
+                            policy.threshold, spec.dir / "secagg.jsonl")
+    guard = guards.Guard(spec.name, policy, rows, ledger, audit.write, secure)
+    if policy.dp:
+        guard.publish_row_count()
+    root = server.root_client
+    users = server.services.user.stash
+
+    def email_of(credentials) -> str:
+        try:
+            return users.get_by_verify_key(credentials=users.root_verify_key, verify_key=credentials).unwrap().email
+        except Exception:  # an unknown key is still audited, by its key
+            return str(credentials)
+
+    guards.install(guard, np.asarray(root.datasets[0].assets[0].mock), email_of)
+    guards.publish_status(root)
+    log.info("%s: %s", spec.name, policy.describe())
+    return guard
 
 
 def _request_counter(server) -> Callable[[], int]:
@@ -195,20 +261,64 @@ class DecodedArrayCache:
         return value
 
 
+class LazyHistory:
+    """An execution history loaded only if someone looks at it."""
+
+    def __init__(self, load: Callable[[], list]):
+        self._load, self._items = load, None
+
+    def _all(self) -> list:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index):
+        return self._all()[index]
+
+
+def _flat_call_cost() -> None:
+    """Keep the cost of a call flat however many calls came before.
+
+    PySyft 0.9.5 loads an approved function's whole execution history on every call: once in
+    ``UserCodeService._call`` (read only when the output policy refuses, to return a cached
+    output) and once to count executions for ``OutputPolicyExecuteCount.is_valid``, whose
+    answer it then ignores (upstream issue #9391). Round time grew ~2x over 240 rounds. Here the
+    history loads only when read, and ``is_valid`` answers what PySyft does with it anyway. The
+    site's own controls (approver, guard, privacy ledger) do not use either.
+    """
+    from syft.service.code.user_code import UserCode
+    from syft.service.policy.policy import OutputPolicyExecuteCount
+    from syft.types.result import Ok
+
+    load = UserCode.get_output_history
+
+    def lazy_history(self, context):
+        return Ok(LazyHistory(lambda: load(self, context).unwrap()))
+
+    UserCode.get_output_history = lazy_history
+    OutputPolicyExecuteCount.is_valid = lambda self, context=None: True
+
+
 def _keep_decoded_arrays() -> None:
     from syft.serde import json_serde
 
     json_serde._deserialize_from_json_bytes = DecodedArrayCache(json_serde._deserialize_from_json_bytes)
 
 
-def _run_uvicorn(server, host: str, port: int) -> None:
+def _run_uvicorn(server, host: str, port: int, guard) -> None:
     import uvicorn
     from fastapi import APIRouter, FastAPI
     from syft.server.routes import make_routes
 
+    from fl_syft.owner.guard import secagg_router
+
     app = FastAPI(title=server.name)
     router = APIRouter()
     router.include_router(make_routes(worker=server))
+    router.include_router(secagg_router(server, guard))
     app.include_router(router, prefix="/api/v2")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()  # handles SIGTERM/SIGINT: finish requests, then return
@@ -230,6 +340,7 @@ def _exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.umask(0o077)  # the database, blobs and logs hold private rows: owner-only from creation
     spec = SiteSpec.load(Path(argv[0]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
     logging.getLogger("fl_syft").setLevel(logging.INFO)

@@ -34,7 +34,10 @@ from tqdm import tqdm
 from fl_syft.common.errors import ConfigError, FlSyftError
 from fl_syft.common.files import write_json, write_private
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.owner.datasite import SiteSpec
+from fl_syft.common.policy import PrivacyPolicy
+from fl_syft.owner.datasite import SiteSpec, shard_sha256
+from fl_syft.owner.ledger import summary
+from fl_syft.owner.state import StateLock, StateLocked, holder, make_private
 
 log = logging.getLogger("fl_syft.launch")
 
@@ -68,12 +71,22 @@ class DeploymentOptions(Protocol):
     keep: bool
     verbose: bool
     port_field: str  # the setting to change when a port is busy
+    command: str  # who holds the state directory's lock: "launch", "demo", "serve"
+    policy: dict  # the owner's PrivacyPolicy (as a dict; delta None: below 1/rows, chosen per site)
 
     def check(self) -> None: ...
 
     def setups(self) -> list[SiteSetup]: ...
 
     def load_shards(self) -> list[np.ndarray]: ...
+
+
+def owner_policy(epsilon: float | None = PrivacyPolicy.epsilon, delta: float | None = None, **settings) -> dict:
+    """A data owner's policy for their sites: ``PrivacyPolicy`` as a dict, ``delta`` None meaning
+    "below 1/rows" (each site sets it once it knows its rows). ``epsilon`` None: no DP."""
+    policy = PrivacyPolicy(epsilon=epsilon, **({"delta": delta} if delta is not None else {}), **settings)
+    policy.check()
+    return {**policy.to_dict(), "delta": delta}
 
 
 @dataclass
@@ -88,6 +101,8 @@ class LaunchOptions:
     keep: bool = False
     db_url: str | None = None  # PostgreSQL URL prefix; one database per site is derived
     verbose: bool = False
+    command: str = "launch"
+    policy: dict = field(default_factory=owner_policy)
     port_field = "base_port"
 
     def check(self) -> None:
@@ -126,6 +141,7 @@ class Deployment:
         self.state = Path(opts.state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
         self.specs: dict[str, SiteSpec] = {}
+        self.lock = StateLock(self.state, f"fl-syft {opts.command}")
 
     @property
     def connection_file(self) -> Path:
@@ -138,38 +154,65 @@ class Deployment:
         self.stop()
 
     def start(self) -> list[dict]:
-        """Start every site, wait until all answer, write the connection file; return the table."""
+        """Start every site, wait until all answer, write the connection file; return the table.
+
+        Everything that can be checked is checked before anything is written: the state
+        directory's lock (a running deployment's directory is never touched), the ports, the
+        data and the saved state to keep. On failure the lock is released again."""
+        self.lock.acquire()
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> list[dict]:
         opts, setups = self.opts, self.opts.setups()
+        for setup in setups:
+            lingering = holder(self.state / setup.name)
+            if lingering:
+                raise StateLocked(f"{self.state / setup.name} is still served by {lingering}: wait for it to stop")
         if opts.host not in LOOPBACK:
             log.warning("binding to %s: the datasites are reachable from other machines", opts.host)
         for setup in setups:
             check_port_free(opts.host, setup.port, opts.port_field)
-        self.connection_file.unlink(missing_ok=True)
+        for setup in setups if opts.keep else []:
+            if not (self.state / setup.name / "identity.json").exists():
+                raise LaunchError(f"{{keep}}: no saved state for {setup.name} in {self.state / setup.name}; "
+                                  "start once without {keep}")
+        shards = [None] * len(setups) if opts.keep else opts.load_shards()
         for setup in setups:
             if setup.db_url:
                 ensure_database(setup.db_url)
+        # Validated: from here on the state directory is written.
+        tightened = make_private(self.state)
+        if tightened:
+            log.warning("%s: made %d files and directories owner-only (they were readable by others)",
+                        self.state, tightened)
+        self.connection_file.unlink(missing_ok=True)
         pw = resolve_secrets(self.state, opts.keep)
-        shards = [None] * len(setups) if opts.keep else opts.load_shards()
         for setup, shard in zip(setups, shards, strict=True):
             site_dir = self.state / setup.name
-            if opts.keep and not (site_dir / "identity.json").exists():
-                raise LaunchError(f"--keep: no saved state for {setup.name} in {site_dir}; "
-                                  "start once without --keep")
             if not opts.keep:
+                _note_budget_reset(setup.name, site_dir, shard)
                 shutil.rmtree(site_dir, ignore_errors=True)
                 write_private(site_dir / "shard.npy", _npy_bytes(shard))
+        # Every site knows its peers' verify keys before it starts: secure aggregation trusts no
+        # key that reaches it through the scientist unless one of these signed it.
+        keys = {setup.name: site_identity(self.state / setup.name, fresh=not opts.keep)["verify_key"]
+                for setup in setups}
+        policy = {**opts.policy, "peers": {**keys, **opts.policy.get("peers", {})}}
+        for setup in setups:
+            site_dir = self.state / setup.name
             spec = SiteSpec(name=setup.name, host=opts.host, port=setup.port, state_dir=str(site_dir),
                             admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
-                            ds_password=pw["ds_password"], fresh=not opts.keep, db_url=setup.db_url)
+                            ds_password=pw["ds_password"], fresh=not opts.keep, db_url=setup.db_url,
+                            policy=policy)
             self.specs[setup.name] = spec
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
             self.procs[setup.name] = self._spawn(spec)
-        try:
-            table = self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        table = self._wait_ready()
         write_json(self.connection_file, {"datasites": [
             {"name": s.name, "url": f"http://{_client_host(s.host)}", "port": s.port, "ds_email": s.ds_email}
             for s in self.specs.values()]})
@@ -179,12 +222,12 @@ class Deployment:
         # One BLAS thread per site (sites run side by side), set before any BLAS library loads.
         env = {**os.environ, "FL_SYFT_VERBOSE": "1" if self.opts.verbose else "0", "TQDM_DISABLE": "1",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        out = (spec.dir / "site.log").open("a")
         # Own session: a terminal Ctrl-C reaches only the launcher, which stops sites in order.
         # No stdin: a PySyft confirmation prompt must fail, never wait forever.
-        return subprocess.Popen([sys.executable, "-m", "fl_syft.owner.datasite", str(spec.dir / "spec.json")],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        with os.fdopen(os.open(spec.dir / "site.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as out:
+            return subprocess.Popen([sys.executable, "-m", "fl_syft.owner.datasite", str(spec.dir / "spec.json")],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
 
     def restart(self, name: str) -> dict:
         """Stop ``name`` if running and start it again on its kept state (as ``--keep`` does)."""
@@ -214,14 +257,17 @@ class Deployment:
                         raise LaunchError(f"{name} did not answer within {START_TIMEOUT:.0f} s (last log line: "
                                           f"{_last_line(spec.dir / 'site.log')}); see {spec.dir / 'site.log'}")
                     time.sleep(0.2)
-                rows = json.loads((spec.dir / "status.json").read_text())["rows"]
-                table.append({"name": name, "url": f"http://{spec.host}:{spec.port}", "rows": rows})
+                status = json.loads((spec.dir / "status.json").read_text())
+                table.append({"name": name, "url": f"http://{spec.host}:{spec.port}", "rows": status["rows"],
+                              "privacy": status["privacy"]})
                 bar.update()
         return table
 
     def stop(self) -> None:
-        """SIGTERM every site, wait for it (SIGKILL after 15 s), remove the connection file."""
-        self.connection_file.unlink(missing_ok=True)
+        """SIGTERM every site, wait for it (SIGKILL after 15 s), remove the connection file, release
+        the state directory. (Only a deployment that holds the lock touches the directory.)"""
+        if self.lock.held:
+            self.connection_file.unlink(missing_ok=True)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -233,6 +279,7 @@ class Deployment:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        self.lock.release()
 
     def serve_forever(self) -> None:
         """Block until SIGINT/SIGTERM, reporting any site that stops on its own."""
@@ -318,6 +365,32 @@ def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:
     return values
 
 
+def site_identity(site_dir: Path, fresh: bool) -> dict:
+    """The datasite's identity (server uid, ed25519 signing key, its verify key; hex), made on a
+    fresh start and kept in ``identity.json`` (0600), so restarts keep datasets and approvals."""
+    import uuid
+
+    from nacl.signing import SigningKey
+
+    path = site_dir / "identity.json"
+    if path.exists() and not fresh:
+        saved = json.loads(path.read_text())
+    else:
+        key = SigningKey.generate()
+        saved = {"server_uid": uuid.uuid4().hex, "signing_key": bytes(key).hex()}
+        write_json(path, saved)
+    return {**saved, "verify_key": SigningKey(bytes.fromhex(saved["signing_key"])).verify_key.encode().hex()}
+
+
+def _note_budget_reset(name: str, site_dir: Path, shard: np.ndarray) -> None:
+    """The ledger belongs to the rows: starting afresh over the same rows starts their budget
+    again, which the owner should know."""
+    old = summary(site_dir / "privacy-ledger.jsonl")
+    if old and old.epsilon_spent > 0 and old.data_sha256 == shard_sha256(shard):
+        log.warning("%s: starting afresh over the same rows resets their privacy budget (epsilon %.3g of %g "
+                    "had been spent); --keep keeps the ledger", name, old.epsilon_spent, old.epsilon_total)
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -352,9 +425,32 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def print_table(rows: list[dict], connection_file: Path) -> None:
-    width = max(len(r["url"]) for r in rows)
+def reachable_hosts(host: str) -> list[str]:
+    """The addresses a data scientist can use for a site bound to ``host``: every interface's
+    address for a wildcard bind (others' first, loopback last), else ``host`` itself."""
+    if host not in ("0.0.0.0", "::", ""):
+        return [host]
+    import psutil
+
+    family = socket.AF_INET6 if host == "::" else socket.AF_INET
+    found = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+             if a.family == family and not a.address.startswith("fe80")]  # link-local: needs a zone
+    found = [f"[{a}]" if ":" in a else a for a in found]
+    return sorted(dict.fromkeys(found), key=lambda a: a.startswith(("127.", "[::1]"))) or ["127.0.0.1"]
+
+
+def print_table(rows: list[dict], connection_file: Path, host: str = "127.0.0.1") -> list[str]:
+    """Print each site's name, URL and rows; return the URLs a scientist can use for the first site.
+    A wildcard ``host`` is shown as the machine's addresses (0.0.0.0 is not one to connect to)."""
+    hosts = reachable_hosts(host)
+    urls = {r["name"]: [f"http://{h}:{r['url'].rsplit(':', 1)[1]}" for h in hosts] for r in rows}
+    width = max(len(u[0]) for u in urls.values())
     print(f"{'name':<10} {'url':<{width}} {'rows':>7}")
     for r in rows:
-        print(f"{r['name']:<10} {r['url']:<{width}} {r['rows']:>7}")
+        print(f"{r['name']:<10} {urls[r['name']][0]:<{width}} {r['rows']:>7}")
+    if len(hosts) > 1:
+        print(f"also reachable at: {', '.join(hosts[1:])} (same ports)")
+    for line in dict.fromkeys(r["privacy"] for r in rows):  # one line per distinct policy
+        print(f"privacy ({', '.join(r['name'] for r in rows if r['privacy'] == line)}): {line}")
     print(f"connection file: {connection_file}")
+    return urls[rows[0]["name"]]

@@ -9,13 +9,13 @@ audit log, synthetic mock and secrets. The data scientist reaches it with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fl_syft.common.errors import ConfigError
-from fl_syft.owner.launch import SiteSetup, site_db_url
+from fl_syft.owner.launch import SiteSetup, owner_policy, site_db_url
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -32,6 +32,8 @@ class ServeOptions:
     keep: bool = False
     db_url: str | None = None  # PostgreSQL URL prefix; the site's database is derived from it
     verbose: bool = False
+    policy: dict = field(default_factory=owner_policy)
+    command = "serve"
     port_field = "port"
 
     def check(self) -> None:

@@ -27,7 +27,7 @@ def validate_result(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` has finite coef (10, 784), intercept (10,),
     n_samples > 0 and class_counts (10,): non-negative integers adding up to n_samples
     (FedAvg's per-class weights come from them, so they must agree with the sample count)."""
-    _check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
+    check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
                                  "class_counts": (N_CLASSES,)})
     counts = np.asarray(result["class_counts"])
     if not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
@@ -64,11 +64,12 @@ def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
 
 def validate_gradient(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer."""
-    _check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, N_FEATURES), "grad_intercept": (N_CLASSES,)})
+    check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, N_FEATURES), "grad_intercept": (N_CLASSES,)})
 
 
-def _check_fields(site: str, result: object, shapes: dict[str, tuple[int, ...]]) -> None:
-    """A dict with finite numeric arrays of these ``shapes`` and a positive int n_samples."""
+def check_fields(site: str, result: object, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise SiteResultError unless ``result`` is a dict with finite numeric arrays of these
+    ``shapes`` and a positive integer n_samples."""
     if not isinstance(result, Mapping):
         raise SiteResultError(site, f"expected a dict, got {type(result).__name__}")
     missing = sorted({*shapes, "n_samples"} - set(result))

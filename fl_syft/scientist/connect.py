@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_syft.common.errors import ConfigError, FlSyftError, one_line
 from fl_syft.common.fingerprint import fingerprint, fingerprint_of
+from fl_syft.scientist.rounds import SiteRefused
 
 log = logging.getLogger("fl_syft.connect")
 
@@ -48,13 +49,13 @@ def read_connection(path: Path) -> list[SiteAddress]:
     """Site addresses from the launcher's ``datasites.json``."""
     if not path.exists():
         raise ConnectError(f"connection file {path} not found: start the datasites first "
-                                "(python launch_datasites.py) or pass --connection")
+                           "(python launch_datasites.py) or pass --connection")
     try:
         doc = json.loads(path.read_text())
         sites = [SiteAddress(s["name"], s["url"], int(s["port"]), s["ds_email"]) for s in doc["datasites"]]
     except (ValueError, KeyError, TypeError) as e:
         raise ConnectError(f"connection file {path} is malformed ({type(e).__name__}: {e}); "
-                                "restart the launcher to rewrite it") from None
+                           "restart the launcher to rewrite it") from None
     if not sites:
         raise ConnectError(f"connection file {path} lists no datasites")
     return sites
@@ -71,17 +72,48 @@ def url_address(url: str, email: str) -> SiteAddress:
         port = None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port:
         raise ConfigError(f"{{datasite}} {url!r} must look like http://HOST:PORT")
-    return SiteAddress(name="", url=f"{parts.scheme}://{parts.hostname}", port=port, email=email)
+    return SiteAddress(name="", url=f"{parts.scheme}://{parts.hostname.lower()}", port=port, email=email)
 
 
-def ds_password(connection_file: Path | None) -> str:
-    """The scientist's password: $FL_SYFT_DS_PASSWORD, else secrets.json beside the connection file."""
+def url_addresses(urls: list[str], email: str) -> list[SiteAddress]:
+    """:func:`url_address` of each URL; one given twice is refused (it would be called twice a round).
+    (Two URLs of one server are caught after login, by the server's id: see :func:`connect`.)"""
+    addresses = [url_address(url, email) for url in urls]
+    seen: dict[tuple[str, int], str] = {}
+    for url, address in zip(urls, addresses, strict=True):
+        key = (address.url, address.port)
+        if key in seen:
+            raise ConfigError(f"{{datasite}} {url} is given twice (also as {seen[key]}): give each datasite once")
+        seen[key] = url
+    return addresses
+
+
+@dataclass(frozen=True)
+class Password:
+    """The scientist's password and where it came from (named when a login fails; never printed)."""
+
+    value: str = field(repr=False)
+    source: str  # "FL_SYFT_DS_PASSWORD" or the secrets.json path
+
+    def hint(self) -> str:
+        if self.source == DS_PASSWORD_ENV:
+            return f"{DS_PASSWORD_ENV} does not match this datasite's password for you (ask its data owner)"
+        return (f"the ds_password in {self.source} does not match (was the site restarted with another "
+                f"{DS_PASSWORD_ENV}?): set {DS_PASSWORD_ENV} to the right one")
+
+
+def ds_password(connection_file: Path | None) -> Password:
+    """The scientist's password: $FL_SYFT_DS_PASSWORD, else ``secrets.json`` beside the launcher's
+    connection file (same machine); with explicit ``--datasite`` addresses, only the variable."""
     if os.environ.get(DS_PASSWORD_ENV):
-        return os.environ[DS_PASSWORD_ENV]
+        return Password(os.environ[DS_PASSWORD_ENV], DS_PASSWORD_ENV)
     secrets = connection_file.parent / "secrets.json" if connection_file else None
     if secrets and secrets.exists():
-        return json.loads(secrets.read_text())["ds_password"]
-    raise ConnectError(f"no password: set {DS_PASSWORD_ENV} (or keep secrets.json beside the connection file)")
+        return Password(json.loads(secrets.read_text())["ds_password"], str(secrets))
+    if connection_file is None:
+        raise ConnectError(f"no password: set {DS_PASSWORD_ENV} to the password the data owners gave you")
+    raise ConnectError(f"no password: set {DS_PASSWORD_ENV}, or keep the launcher's secrets.json beside "
+                       f"{connection_file}")
 
 
 _quiet_lock = threading.Lock()
@@ -117,7 +149,7 @@ def quiet() -> Iterator[None]:
 class SyftSite:
     """One datasite as a federated site: ``call(function, ...)`` runs that approved vetted function there."""
 
-    def __init__(self, address: SiteAddress, password: str):
+    def __init__(self, address: SiteAddress, password: Password):
         self.address = address
         self.client = _login(address, password)
         self.name = self.client.name
@@ -127,16 +159,23 @@ class SyftSite:
         self.asset = datasets[0].assets[0]
         self._calls: dict[str, Callable] = {}  # approved UserCode by function name, bound by id
         self._uploaded: dict[str, object] = {}  # config (repr) -> its pointer on this datasite
+        self._http = None  # requests.Session for the owner's secure-aggregation route
 
     def request_approval(self, fn: Callable, timeout: float = 60.0) -> None:
         """Submit the vetted ``fn`` (or reuse an earlier request) and wait for the owner's decision."""
         import syft as sy
+        from syft.types.errors import SyftException
 
         name, wanted = fn.__name__, fingerprint_of(fn)
         if self._request(name, wanted) is None:
             policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
-            with quiet():
-                self.client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
+            try:
+                with quiet():
+                    self.client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
+            except SyftException as e:
+                if "already exists" not in one_line(e):
+                    raise ConnectError(f"{self.name}: submitting {name} failed: {one_line(e)}") from None
+                # Another run of ours submitted the same request meanwhile: wait for its decision.
         deadline = time.monotonic() + timeout
         while True:
             request = self._request(name, wanted)
@@ -160,6 +199,48 @@ class SyftSite:
                 return request
         return None
 
+    def privacy(self) -> dict:
+        """The site's published privacy status: its owner's policy and what its ledger has spent
+        (the owner's API endpoint ``fl_syft.privacy``, called directly: PySyft's client would queue
+        it as a job, which a datasite without workers never runs)."""
+        from syft.types.errors import SyftException
+
+        try:
+            with quiet():
+                answer = self.client.api.services.api.call("fl_syft.privacy")
+        except SyftException as e:
+            raise ConnectError(f"{self.name} publishes no privacy status ({one_line(e, 200)}): is it an fl-syft "
+                               "datasite (fl-syft launch / serve) of this version?") from None
+        except OSError as e:
+            raise ConnectError(f"{self.name} at {_where(self.address)} is unreachable ({e.__class__.__name__}); "
+                               "is the datasite still running?") from None
+        return answer if isinstance(answer, dict) else answer.get()
+
+    def secagg(self, steps: dict) -> dict:
+        """This site's secure-aggregation steps (keys, shares, unmasking): a PySyft-signed request to
+        the owner's route ``/api/v2/fl-syft/secagg``."""
+        import requests
+        import syft as sy
+        from syft.client.api import SyftAPICall
+
+        call = SyftAPICall(server_uid=self.client.id, path="fl_syft.secagg", args=[],
+                           kwargs={"steps": steps, "sent": time.time()})
+        body = sy.serialize(call.sign(self.client.credentials), to_bytes=True)
+        try:
+            if self._http is None:
+                self._http = requests.Session()  # kept alive: several requests per round
+            reply = self._http.post(f"{_where(self.address)}/api/v2/fl-syft/secagg", data=body, timeout=120)
+            reply.raise_for_status()
+            answer = sy.deserialize(reply.content, from_bytes=True)
+        except requests.RequestException as e:
+            raise ConnectError(f"{self.name} at {_where(self.address)}: secure aggregation failed "
+                               f"({e.__class__.__name__}); is the datasite still running?") from None
+        if "error" in answer:
+            if f"{self.name} refused" in answer["error"]:
+                raise SiteRefused(answer["error"])
+            raise ConnectError(f"{self.name}: secure aggregation refused the request: {answer['error']}")
+        return answer["result"]
+
     def call(self, name: str, global_params: dict, config: dict) -> dict:
         """The approved vetted function ``name`` on this site's private shard."""
         from syft.types.errors import SyftException
@@ -169,13 +250,17 @@ class SyftSite:
         try:
             with quiet():
                 try:
-                    return self._calls[name](data=self.asset, global_params=global_params,
-                                             config=self._upload_once(config)).get()
+                    # A securely aggregated call's config changes every round: sent as is.
+                    sent = config if "secagg" in config else self._upload_once(config)
+                    return self._calls[name](data=self.asset, global_params=global_params, config=sent).get()
                 except Exception:
                     self._uploaded.clear()  # a retry uploads the config again, in case the site lost it
                     raise
         except SyftException as e:
-            raise ConnectError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
+            message = one_line(e, 400)
+            if f"{self.name} refused {name}:" in message:  # the owner's guard: asking again changes nothing
+                raise SiteRefused(message[message.index(f"{self.name} refused"):]) from None
+            raise ConnectError(f"{self.name}: {name} failed: {message}") from None
         except OSError as e:
             raise ConnectError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
@@ -215,36 +300,46 @@ def _fingerprint_or_none(source: str) -> str | None:
         return None
 
 
-def _login(address: SiteAddress, password: str):
+def _login(address: SiteAddress, password: Password):
     import requests
     import syft as sy
     from syft.types.errors import SyftException
 
-    where = f"{address.url}:{address.port}"
+    where = _where(address)
     try:
         with quiet():
-            client = sy.login(url=address.url, port=address.port, email=address.email, password=password)
+            client = sy.login(url=address.url, port=address.port, email=address.email, password=password.value)
     except requests.exceptions.ConnectionError:
         raise ConnectError(f"cannot reach {address.label} at {where}: is the datasite running "
-                                "(python launch_datasites.py) and the URL/port right?") from None
+                           "(python launch_datasites.py) and the URL/port right?") from None
     except SyftException as e:
         message = one_line(e, 400)
         if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
-            raise ConnectError(f"login to {address.label} at {where} failed for {address.email}: wrong email "
-                                    f"or password (set {DS_PASSWORD_ENV})") from None
+            raise ConnectError(f"login to {address.label} at {where} failed for {address.email}: wrong email or "
+                               f"password: {password.hint()}") from None
         raise ConnectError(f"login to {address.label} at {where} failed: {message}") from None
     if address.name and client.name != address.name:
         raise ConnectError(f"{where} is datasite {client.name!r}, not {address.name!r}: check the port")
     return client
 
 
-def connect(addresses: list[SiteAddress], password: str, functions: tuple[Callable, ...],
+def connect(addresses: list[SiteAddress], password: Password, functions: tuple[Callable, ...],
             approval_timeout: float = 60.0) -> list[SyftSite]:
-    """Log into every site (all reachable before anything is submitted), then get each of
-    the vetted ``functions`` approved on each."""
+    """Log into every site (all reachable, each a different server, before anything is
+    submitted), then get each of the vetted ``functions`` approved on each."""
     sites = [SyftSite(address, password) for address in addresses]
+    seen: dict[str, SyftSite] = {}
+    for site in sites:
+        first = seen.setdefault(str(site.client.id), site)
+        if first is not site:
+            raise ConnectError(f"{_where(first.address)} and {_where(site.address)} are the same datasite "
+                               f"({site.name}): give each datasite once")
     for site in sites:
         for fn in functions:
             site.request_approval(fn, approval_timeout)
             log.info("%s: %s approved", site.name, fn.__name__)
     return sites
+
+
+def _where(address: SiteAddress) -> str:
+    return f"{address.url}:{address.port}"

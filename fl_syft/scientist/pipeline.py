@@ -13,7 +13,7 @@ import numpy as np
 from fl_syft.common.errors import ConfigError
 from fl_syft.scientist import baselines as reference
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm
-from fl_syft.scientist.report import metrics, read_checkpoint, write_outputs, write_report
+from fl_syft.scientist.report import check_out_dir, metrics, read_checkpoint, write_outputs, write_report
 from fl_syft.scientist.rounds import Resilience, Site
 
 log = logging.getLogger("fl_syft")
@@ -26,9 +26,30 @@ def required_functions(algorithm: Algorithm, baselines: bool) -> tuple[Callable,
 
 
 def algorithm_from_config(config: dict) -> Algorithm:
-    """The algorithm a run's saved ``config`` (metrics.json, checkpoint) describes."""
+    """The algorithm a run's saved ``config`` (metrics.json, checkpoint) describes (under DP with
+    its saved plan: a resumed run keeps its noise)."""
     cls = REGISTRY[config.get("algorithm", "fedavg")]
-    return cls(cls.settings_type(**config["training"]))
+    settings = cls.settings_type(**config["training"])
+    if config.get("privacy") or config.get("secure_aggregation"):
+        from fl_syft.scientist.algorithms import fedavg
+
+        secure = config.get("secure_aggregation")
+        if config.get("privacy"):
+            return (fedavg.SecurePrivateFedAvg(settings, config["privacy"], secure["threshold"]) if secure
+                    else fedavg.PrivateFedAvg(settings, config["privacy"]))
+        return fedavg.SecureFedAvg(settings, secure["threshold"])
+    return cls(settings)
+
+
+def check_run(algorithm: Algorithm, resilience: Resilience | None = None, *, out: Path | None = None,
+              overwrite: bool = False) -> None:
+    """Refuse, before anything is launched or connected, what this run could not do: a
+    dropout rule the algorithm cannot honour, or an ``out`` that cannot (or must not) be written."""
+    if resilience and resilience.min_sites is not None and algorithm.needs_every_site:
+        raise ConfigError(f"{{min_sites}} cannot apply to {algorithm.name}: every site must answer every round "
+                          "(its objective is their sum): drop {min_sites}")
+    if out is not None:
+        check_out_dir(out, overwrite)
 
 
 @dataclass
@@ -54,18 +75,34 @@ class Outcome:
 
 def train_and_report(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,
                      config: dict, *, out: Path | None = None, resilience: Resilience = Resilience(),
-                     resume: Resume | None = None, baselines: bool = False,
-                     pooled: Sequence[np.ndarray] | None = None) -> Outcome:
+                     resume: Resume | None = None, baselines: bool = False, epsilon: float | None = None,
+                     secure: bool = False, pooled: Sequence[np.ndarray] | None = None) -> Outcome:
     """Train, score the baselines if asked, and write every output to ``out`` (if given).
 
-    ``config`` describes the run in metrics.json (command, data, partition ...; the algorithm
-    and its settings are added here). ``pooled``: every site's shard, where pooling is
-    legitimate (simulation only): enables the centralized ceiling and the exact histogram.
+    ``config`` describes the run in metrics.json (command, data, partition ...; the algorithm,
+    its settings and its privacy plan are added here). The sites' published privacy policies
+    decide how the algorithm runs (:meth:`Algorithm.for_privacy`); under DP ``epsilon`` is what
+    this run may spend per site (default: what the sites have left); ``secure``: secure
+    aggregation (the scientist sees only sums). ``pooled``: every site's
+    shard, where pooling is legitimate (simulation only): enables the centralized ceiling and
+    the exact histogram.
     """
     if resume and not algorithm.resumable:
         raise ConfigError(f"{{resume}} continues {', '.join(n for n, c in REGISTRY.items() if c.resumable)} "
                           f"runs only ({algorithm.name} keeps its state in memory)")
-    config = {**config, "algorithm": algorithm.name, "training": asdict(algorithm.settings)}
+    check_run(algorithm, resilience)
+    algorithm = algorithm.for_privacy([site.privacy() for site in sites], epsilon, secure)
+    private, threshold = getattr(algorithm, "plan", None), getattr(algorithm, "threshold", None)
+    config = {**config, "algorithm": algorithm.name,
+              "training": asdict(algorithm.requested if private or threshold else algorithm.settings)}
+    if threshold:
+        config["secure_aggregation"] = {"threshold": threshold}
+        log.info("secure aggregation: each round only the sum of at least %d sites is unmasked", threshold)
+    if private:
+        config["privacy"] = private
+        log.info("privacy: this run spends epsilon %.3g per site (delta %g): %d noisy steps per site, noise "
+                 "multiplier %.4g", private["epsilon_per_site"], private["delta"], private["noisy_steps_per_site"],
+                 private["noise_multiplier"])
     history = resume.history if resume else []
     if history and len(history) >= algorithm.settings.rounds:
         log.info("nothing to do: %d of %d rounds already completed", len(history), algorithm.settings.rounds)
@@ -74,21 +111,31 @@ def train_and_report(sites: Sequence[Site], algorithm: Algorithm, X_test: np.nda
 
     def save(params: dict, history: list[dict]) -> None:
         if out:
-            write_outputs(out, config, history, params, scores)
+            write_outputs(out, metrics(config, history, scores), params)
 
     params, history = algorithm.run(sites, X_test, y_test, params=resume.params if resume else None,
                                     history=history, on_round=save, resilience=resilience)
-    final = history[-1]
-    log.info("final global test accuracy %.2f%% after %d rounds", 100 * final["global_test_accuracy"],
-             final["round"])
-    if baselines:
+    if baselines and (private or threshold):
+        why = ("under differential privacy a site alone would spend its budget on it" if private else
+               "with secure aggregation no site's own model is revealed")
+        log.info("baselines dropped: %s", why)
+        scores["dropped"] = why
+    elif baselines:
         scores.update(_baselines(sites, algorithm, X_test, y_test, resilience, pooled))
+    doc = metrics(config, history, scores, algorithm.final_round(history), algorithm.stop_reason(history))
+    if private:
+        doc["final"]["epsilon_spent"] = {s["site"]: {"epsilon": s["epsilon_spent"], "delta": s["policy"]["delta"],
+                                                     "of": s["policy"]["epsilon"]}
+                                         for s in (site.privacy() for site in sites)}
+        log.info("epsilon spent per site: %s", ", ".join(f"{k} {v['epsilon']:.3g} of {v['of']:g}"
+                                                          for k, v in doc["final"]["epsilon_spent"].items()))
+    log.info("final global test accuracy %.2f%% (the model of round %d; %d rounds run: %s)",
+             100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], len(history), doc["final"]["stopped"])
     outcome = Outcome(params, history, scores)
     if out:
-        write_outputs(out, config, history, params, scores)
+        write_outputs(out, doc, params)
         histogram, rows = _histogram(sites, history, scores, algorithm, pooled)
-        outcome.report = write_report(out, metrics(config, history, scores), algorithm, params, X_test, y_test,
-                                      histogram, rows)
+        outcome.report = write_report(out, doc, algorithm, params, X_test, y_test, histogram, rows)
         log.info("report: %s", outcome.report)
     return outcome
 
@@ -132,5 +179,7 @@ def _histogram(sites: Sequence[Site], history: list[dict], scores: dict, algorit
 
 
 def _holdout(algorithm: Algorithm) -> float:
-    """The held-out fraction of each site's rows in ``ml_experiment`` calls (its default if unset)."""
-    return getattr(algorithm.settings, "holdout", reference.DEFAULT_HOLDOUT)
+    """The held-out fraction of each site's rows in ``ml_experiment`` calls (its default if unset;
+    none under DP, where every row trains)."""
+    holdout = getattr(algorithm.settings, "holdout", reference.DEFAULT_HOLDOUT)
+    return 0.0 if holdout is None else holdout

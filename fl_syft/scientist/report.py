@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_syft.common.errors import FlSyftError
+from fl_syft.common.errors import ConfigError, FlSyftError
 from fl_syft.common.files import to_json, write_json
 from fl_syft.scientist.algorithms import Algorithm
 
@@ -35,23 +35,46 @@ def load_model(path: Path) -> dict:
         return {"coef": z["coef"], "intercept": z["intercept"]}
 
 
-def metrics(config: dict, history: list[dict], baselines: dict | None = None) -> dict:
-    """The ``metrics.json`` document: config, per-round records, the final round, baselines."""
-    final = history[-1] if history else {}
+def metrics(config: dict, history: list[dict], baselines: dict | None = None, final_round: int | None = None,
+            stopped: str | None = None) -> dict:
+    """The ``metrics.json`` document: config, per-round records, the final model's round (default
+    the last), how many rounds ran and why the run stopped (once it has), baselines."""
+    final = next((r for r in history if r["round"] == final_round), history[-1] if history else {})
     doc = {"config": config, "rounds": history,
-           "final": {k: final.get(k) for k in ("round", "global_test_accuracy", "global_test_loss")}}
+           "final": {**{k: final.get(k) for k in ("round", "global_test_accuracy", "global_test_loss")},
+                     "rounds_run": len(history), **({"stopped": stopped} if stopped else {})}}
     if baselines:
         doc["baselines"] = baselines
     return doc
 
 
-def write_outputs(out: Path, config: dict, history: list[dict], params: dict,
-                  baselines: dict | None = None) -> None:
-    """``checkpoint.npz``, ``model.npz`` and ``metrics.json`` in ``out`` (created if needed)."""
+RUN_FILES = ("metrics.json", "checkpoint.npz", "model.npz")
+
+
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything runs, an ``out`` that cannot hold a run or already holds one
+    (its checkpoint is what ``--resume`` needs: never overwritten unless asked)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{{out}} {out} is a file, not a directory: choose a directory")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(f"{{out}} {out} already holds a run ({', '.join(held)}): continue it with "
+                          f"{{resume}} {out}, choose another {{out}}, or replace it with {{overwrite}}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{{out}} {out} is not writable ({e.strerror}): choose another {{out}}") from None
+
+
+def write_outputs(out: Path, doc: dict, params: dict) -> None:
+    """``checkpoint.npz``, ``model.npz`` and ``metrics.json`` (``doc``: see :func:`metrics`) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(out / "checkpoint.npz", config, history, params)
+    write_checkpoint(out / "checkpoint.npz", doc["config"], doc["rounds"], params)
     write_model(out / "model.npz", params)
-    write_json(out / "metrics.json", metrics(config, history, baselines))
+    write_json(out / "metrics.json", doc)
 
 
 class CheckpointError(FlSyftError):
@@ -112,14 +135,14 @@ def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_tes
 
     history, baselines = doc["rounds"], doc.get("baselines", {})
     write_csv(out / "metrics.csv", history)
-    _plot_convergence(out / "convergence.png", history, baselines, algorithm.title)
-    _plot_confusion(out / "confusion_matrix.png", confusion_matrix(params, X_test, y_test),
-                    doc["final"]["global_test_accuracy"])
+    _save(convergence_figure(history, baselines, algorithm.title), out / "convergence.png")
+    _save(confusion_figure(confusion_matrix(params, X_test, y_test), doc["final"]["global_test_accuracy"]),
+          out / "confusion_matrix.png")
     has_comparison = bool(baselines.get("local_only"))
     if has_comparison:
-        _plot_comparison(out / "comparison.png", baselines, doc["final"]["global_test_accuracy"])
+        _save(comparison_figure(baselines, doc["final"]["global_test_accuracy"]), out / "comparison.png")
     path = out / "report.md"
-    path.write_text(_markdown(doc, algorithm, label_histogram, histogram_of, has_comparison))
+    path.write_text(_markdown(doc, algorithm, len(y_test), label_histogram, histogram_of, has_comparison))
     return path
 
 
@@ -128,43 +151,71 @@ def _site_order(names) -> list[str]:
     return sorted(names, key=lambda s: (len(s), s))
 
 
-def _plot_convergence(path: Path, history: list[dict], baselines: dict, title: str) -> None:
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+CENTRALIZED = "centralized LR on the pooled shards (same C)"
+CENTRALIZED_NOTE = ("one regularised fit of every site's rows together: a reference, not an upper bound; a "
+                    "federated model can score higher on the test set (FedAvg's early-stopped local fits "
+                    "regularise differently, which under quantity skew helps)")
+MAX_SITE_LINES = 5  # more sites than this are drawn as a band (min..max) and their median
 
-    rounds = [r["round"] for r in history]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(rounds, [100 * r["global_test_accuracy"] for r in history], "o-" if len(rounds) <= 40 else "-",
-            color="black", lw=2, ms=4, label=f"global model ({title}), MNIST test")
-    sites = _site_order({s for r in history for s in r["sites"]})
-    for i, site in enumerate(sites):
-        points = [(r["round"], 100 * r["sites"][site]["train_accuracy"]) for r in history
-                  if site in r["sites"] and r["sites"][site].get("train_accuracy") is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), "--", lw=1, alpha=0.7, color=plt.cm.tab10(i % 10),
-                    label=f"{site}: local model, own training rows" if len(sites) <= 5 else
-                    ("sites: local model, own training rows" if i == 0 else None))
-    if baselines.get("centralized"):
-        ax.axhline(100 * baselines["centralized"]["test_accuracy"], color="tab:green", lw=1.5,
-                   label=f"centralized ceiling ({100 * baselines['centralized']['test_accuracy']:.2f}%)")
-    if baselines.get("local_only"):
-        mean = 100 * np.mean([v["test_accuracy"] for v in baselines["local_only"].values()])
-        ax.axhline(mean, color="tab:red", lw=1.5, ls=":", label=f"local-only mean, MNIST test ({mean:.2f}%)")
-    ax.set_xlabel("round (one call to every site)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("accuracy (%)")
-    final = 100 * history[-1]["global_test_accuracy"]
-    low = min([final] + [100 * v["test_accuracy"] for v in baselines.get("local_only", {}).values()])
-    ax.set_ylim(max(0.0, low - 5), 100)
-    ax.set_title(f"Convergence: {len(sites)} sites, final global test accuracy {final:.2f}%")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _plot_confusion(path: Path, cm: np.ndarray, accuracy: float) -> None:
+def convergence_figure(history: list[dict], baselines: dict, title: str):
+    """Global test accuracy per round, the sites' local accuracy (lines, or a band for many
+    sites), the baselines as horizontal lines; every plotted value inside the y-range."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [r["round"] for r in history]
+    glob = [100 * r["global_test_accuracy"] for r in history]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.plot(rounds, glob, "o-" if len(rounds) <= 40 else "-", color="black", lw=2, ms=4,
+            label=f"global model ({title}), MNIST test")
+    shown = list(glob)
+    sites = _site_order({s for r in history for s in r["sites"]})
+    local = {site: [(r["round"], 100 * r["sites"][site]["train_accuracy"]) for r in history
+                    if r["sites"].get(site, {}).get("train_accuracy") is not None] for site in sites}
+    if len(sites) <= MAX_SITE_LINES:
+        for i, site in enumerate(sites):
+            if local[site]:
+                ax.plot(*zip(*local[site], strict=True), "--", lw=1, alpha=0.7, color=plt.cm.tab10(i % 10),
+                        label=f"{site}: local model, own training rows")
+    else:
+        per_round = [(r["round"], [100 * m["train_accuracy"] for m in r["sites"].values()
+                                   if m.get("train_accuracy") is not None]) for r in history]
+        per_round = [(n, values) for n, values in per_round if values]
+        if per_round:
+            x = [n for n, _ in per_round]
+            ax.fill_between(x, [min(v) for _, v in per_round], [max(v) for _, v in per_round], color="tab:blue",
+                            alpha=0.15, label=f"{len(sites)} sites' local models, own training rows: min..max")
+            ax.plot(x, [float(np.median(v)) for _, v in per_round], "--", color="tab:blue", lw=1,
+                    label="... their median")
+    shown += [acc for points in local.values() for _, acc in points]
+    if baselines.get("centralized"):
+        ceiling = 100 * baselines["centralized"]["test_accuracy"]
+        ax.axhline(ceiling, color="tab:green", lw=1.5, label=f"{CENTRALIZED} ({ceiling:.2f}%)")
+        shown.append(ceiling)
+    if baselines.get("local_only"):
+        mean = 100 * np.mean([v["test_accuracy"] for v in baselines["local_only"].values()])
+        ax.axhline(mean, color="tab:red", lw=1.5, ls=":", label=f"local-only mean, MNIST test ({mean:.2f}%)")
+        shown.append(mean)
+    ax.set_xlabel("round (one call to every site)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(max(0.0, min(shown) - 3), min(100.0, max(shown) + 2))  # every plotted value inside
+    ax.set_title(f"Convergence: {len(sites)} sites, final global test accuracy {glob[-1]:.2f}%")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, accuracy: float):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5.4))
@@ -177,12 +228,11 @@ def _plot_confusion(path: Path, cm: np.ndarray, accuracy: float) -> None:
     ax.set_yticks(range(10))
     ax.set_title(f"Global model on the test set: {100 * accuracy:.2f}% correct", fontsize=10)
     fig.colorbar(image, ax=ax, label="images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
+def comparison_figure(baselines: dict, federated: float):
+    """Per site: alone vs the federated model (bars from 0), the centralized reference as a line."""
     import matplotlib.pyplot as plt
 
     local = baselines["local_only"]
@@ -196,27 +246,45 @@ def _plot_comparison(path: Path, baselines: dict, federated: float) -> None:
     for bars in (alone, together):
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     if baselines.get("centralized"):
-        ax.axhline(100 * baselines["centralized"]["test_accuracy"], color="tab:green", lw=1.5,
-                   label="centralized ceiling")
+        ax.axhline(100 * baselines["centralized"]["test_accuracy"], color="tab:green", lw=1.5, label=CENTRALIZED)
     ax.set_xticks(x, [f"{s}\n({local[s]['n_samples']} rows)" for s in sites], fontsize=8)
     ax.set_ylabel("accuracy on the MNIST test set (%)")
-    low = min([federated] + [local[s]["test_accuracy"] for s in sites])
-    ax.set_ylim(max(0.0, 100 * low - 5), 100)
+    ax.set_ylim(0, 105)  # from zero: bar heights compare as the accuracies do
     ax.set_title("Does federation help? Each site alone vs the federated model", pad=28)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def _markdown(doc: dict, algorithm: Algorithm, label_histogram: dict | None, histogram_of: str,
+def _privacy_section(plan: dict, final: dict) -> list[str]:
+    """What each site's owner enforces, what this run spent, and what that protects."""
+    lines = ["## Privacy", "", "Each data owner enforces record-level differential privacy at their site: the unit "
+             "protected is one row of that site's data (add/remove-one-row neighbouring), against the data scientist "
+             "whatever code parameters and models they send. Every call on private rows is charged to the site's "
+             "ledger before it runs (accounting: dp-accounting, analytic Gaussian).", "",
+             f"This run: {plan['noisy_steps_per_site']} noisy gradient steps per site, each row's gradient clipped "
+             f"to {next(iter(plan['sites'].values()))['policy']['clip']:g}, Gaussian noise multiplier "
+             f"{plan['noise_multiplier']:.4g}: epsilon {plan['epsilon_per_site']:.3g} per site at delta "
+             f"{plan['delta']:g}.", "",
+             "| site | budget (epsilon, delta) | spent before | spent after this run | rows (published, noisy) |",
+             "|---|---|---|---|---|"]
+    spent = final.get("epsilon_spent", {})
+    for site, info in plan["sites"].items():
+        policy = info["policy"]
+        after = spent.get(site, {}).get("epsilon")
+        lines.append(f"| {site} | {policy['epsilon']:g}, {policy['delta']:g} | {info['spent_before']:.3g} | "
+                     f"{'?' if after is None else f'{after:.3g}'} | {info['rows']} |")
+    return lines
+
+
+def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dict | None, histogram_of: str,
               has_comparison: bool) -> str:
     cfg, history, baselines = doc["config"], doc["rounds"], doc.get("baselines", {})
     final = doc["final"]
     lines = [f"# fl-syft report: {cfg.get('command', 'run')}", "",
-             f"**Final global test accuracy: {100 * final['global_test_accuracy']:.2f}%** after "
-             f"{final['round']} rounds ({algorithm.title}), MNIST test set (10,000 images).", "",
+             f"**Final global test accuracy: {100 * final['global_test_accuracy']:.2f}%** ({algorithm.title}, "
+             f"the model of round {final['round']}; {final['stopped']}), MNIST test set "
+             f"({n_test:,} images).", "",
              "## Settings", "", "| setting | value |", "|---|---|",
              f"| algorithm | {algorithm.title} |", f"| data | {cfg.get('data')} |"]
     if "partition" in cfg:
@@ -228,22 +296,31 @@ def _markdown(doc: dict, algorithm: Algorithm, label_histogram: dict | None, his
     if "scenario" in cfg:
         lines.append(f"| scenario | {cfg['scenario']} |")
     lines += [f"| {label} | {value} |" for label, value in algorithm.describe()]
-    lines.append("")
+    lines += [f"| rounds run | {final['rounds_run']} ({final['stopped']}) |", ""]
     lines += ["## Results", "", "| model | test accuracy |", "|---|---|",
               f"| federated global model ({algorithm.title}) | {100 * final['global_test_accuracy']:.2f}% |"]
     if baselines.get("centralized"):
         c = baselines["centralized"]["test_accuracy"]
-        lines.append(f"| centralized ceiling (pooled shards; computable only in simulation) | {100 * c:.2f}% "
-                     f"(gap {100 * (c - final['global_test_accuracy']):+.2f} pp) |")
+        lines.append(f"| {CENTRALIZED}, simulation only (pooled rows) | {100 * c:.2f}% "
+                     f"(federated {100 * (final['global_test_accuracy'] - c):+.2f} pp) |")
     local = baselines.get("local_only", {})
     for site in _site_order(local):
         v = local[site]
         lines.append(f"| {site} alone (local-only, {v['n_samples']} rows) | {100 * v['test_accuracy']:.2f}% |")
+    if baselines.get("dropped"):
+        lines += ["", f"Local-only baselines: not run ({baselines['dropped']})."]
+    if baselines.get("centralized"):
+        lines += ["", f"The {CENTRALIZED} is {CENTRALIZED_NOTE}."]
+    if cfg.get("privacy"):
+        lines += ["", *_privacy_section(cfg["privacy"], final)]
     lines += ["", "![convergence](convergence.png)", ""]
     if has_comparison:
         lines += ["![comparison](comparison.png)", ""]
     lines += ["![confusion matrix](confusion_matrix.png)", ""]
-    if label_histogram:
+    if cfg.get("privacy"):
+        lines += ["## Label histogram per site", "", "Not released: under differential privacy the sites return "
+                  "no class counts (they are data too).", ""]
+    elif label_histogram:
         lines += ["## Label histogram per site", "", f"Rows per digit: {histogram_of}.", "",
                   "| site | " + " | ".join(str(d) for d in range(10)) + " | total |",
                   "|---|" + "---|" * 11]
@@ -253,9 +330,18 @@ def _markdown(doc: dict, algorithm: Algorithm, label_histogram: dict | None, his
     rounds_s = [r["seconds"] for r in history]
     site_rows = [m for r in history for m in r["sites"].values()]
     lines += ["## Timings", "", f"- rounds: {len(history)}, total {sum(rounds_s):.1f} s, median "
-              f"{np.median(rounds_s):.2f} s per round",
-              f"- per site call (median): compute {np.median([m['compute_seconds'] for m in site_rows]):.2f} s, "
-              f"transport/overhead {np.median([m['transport_seconds'] for m in site_rows]):.2f} s"]
+              f"{np.median(rounds_s):.2f} s per round"]
+    if all("compute_seconds" in m for m in site_rows):
+        lines.append(f"- per site call (median): compute {np.median([m['compute_seconds'] for m in site_rows]):.2f} "
+                     f"s, transport/overhead {np.median([m['transport_seconds'] for m in site_rows]):.2f} s")
+    else:  # under DP a site reports no compute time: it would time its rows
+        lines.append(f"- per site call (median): {np.median([m['call_seconds'] for m in site_rows]):.2f} s")
+    secure = [r["secure_aggregation"]["seconds"] for r in history if "secure_aggregation" in r]
+    if secure:
+        lines.append("- secure aggregation, per round (median): " + ", ".join(
+            f"{label} {np.median([t[key] for t in secure]):.2f} s" for key, label in (
+                ("keys", "key agreement and Shamir shares"), ("masked_update", "training and masking (site calls)"),
+                ("unmask", "unmasking and reconstructing the sum"))))
     dropped = [(r["round"], s) for r in history for s in r.get("dropped", {})]
     if dropped:
         lines.append(f"- dropouts: {', '.join(f'{s} in round {n}' for n, s in dropped)}")

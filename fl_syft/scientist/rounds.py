@@ -31,9 +31,17 @@ class Site(Protocol):
 
     def call(self, function: str, global_params: dict, config: dict) -> dict: ...
 
+    def privacy(self) -> dict: ...  # the owner's policy and the budget spent (``owner.guard.Guard.status``)
+
+    def secagg(self, steps: dict) -> dict: ...  # secure-aggregation steps (``owner.guard.Guard.secagg_steps``)
+
 
 class SitesFailed(FlSyftError):
     """Too few sites answered a round; the message names the failing sites."""
+
+
+class SiteRefused(FlSyftError):
+    """A site's owner refused the call (its policy: bounds, budget); asking again gets the same answer."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ def _call_with_retries(site: Site, function: str, params: dict, config: dict, re
         try:
             result = site.call(function, params, config)
             break
+        except SiteRefused:
+            raise
         except Exception as e:
             if attempt == res.retries:
                 raise
@@ -121,13 +131,17 @@ def round_record(rnd: int, params: dict, calls: Calls, dropped: dict[str, str], 
 
 
 def site_record(result: dict, wall: float) -> dict:
-    """Per-site metrics; ``transport_seconds`` is the call's wall time not spent computing."""
-    compute = float(result.get("seconds", 0.0))
+    """Per-site metrics; ``transport_seconds`` is the call's wall time not spent computing (when
+    the site reports its compute time: under DP it does not)."""
     record = {key: result[key] for key in SITE_METRICS if key in result}
-    record["n_samples"] = int(record["n_samples"])
+    if "n_samples" in record:  # (under secure aggregation no site result is seen)
+        record["n_samples"] = int(record["n_samples"])
     if "class_counts" in result:
         record["class_counts"] = np.asarray(result["class_counts"]).tolist()
-    record.update(compute_seconds=compute, call_seconds=wall, transport_seconds=max(wall - compute, 0.0))
+    record["call_seconds"] = wall
+    if "seconds" in result:
+        compute = float(result["seconds"])
+        record.update(compute_seconds=compute, transport_seconds=max(wall - compute, 0.0))
     return record
 
 

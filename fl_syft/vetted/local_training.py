@@ -12,16 +12,27 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
     """One local round of warm-started multinomial logistic regression.
 
     data: (n, 785) uint8 shard, 784 pixels (0..255) then the label (0..9).
-    global_params: {} for a cold start, else {"coef": (10, 784), "intercept": (10,)} float64.
-    config: "local_iters" (lbfgs iterations, default 20), "C" (inverse L2 strength, 1.0),
-        "holdout" (fraction of rows held out to score the received model, 0.05), "seed" (0),
-        "logit_adjust" (True: train with this site's label prior in the intercepts, return
-        the model with it removed, i.e. for equal class priors).
-    Returns only aggregates: "coef" (10, 784) and "intercept" (10,) float64 (rows of classes
-    this site lacks are the received ones), "n_samples" (rows trained on), "class_counts"
-    (10,), "train_accuracy" (new local model, training rows), "holdout_accuracy" (new local
-    model, held-out rows), "global_accuracy" (received model, held-out rows; None on a
-    cold start), "seconds" (compute time).
+    global_params: {} for a cold start, else {"coef": (10, 784), "intercept": (10,)} float64
+        (under differential privacy also "velocity_coef" (10, 784), "velocity_intercept" (10,):
+        the momentum carried from round to round).
+    config without DP: "local_iters" (lbfgs iterations, default 20), "C" (inverse L2
+        strength, 1.0), "holdout" (fraction of rows held out to score the received model,
+        0.05), "seed" (0), "logit_adjust" (True: train with this site's label prior in the
+        intercepts, return the model with it removed, i.e. for equal class priors).
+    config under DP: "local_steps" (gradient steps, default 10), "lr" (step size, 2.0),
+        "momentum" (0.9), "l2" (L2 strength per row, 0.0), "noise_multiplier" (noise std per
+        step / clipping norm, required), and "privacy", set by the data owner's site (never by
+        the caller): {"clip": L2 norm each row's gradient is clipped to, "rows": the site's
+        published noisy row count}.
+    Returns only aggregates. Without DP: "coef" (10, 784) and "intercept" (10,) float64 (rows
+    of classes this site lacks are the received ones), "n_samples" (rows trained on),
+    "class_counts" (10,), "train_accuracy" (new local model, training rows),
+    "holdout_accuracy" (new local model, held-out rows), "global_accuracy" (received model,
+    held-out rows; None on a cold start), "seconds" (compute time). Under DP: "coef",
+    "intercept", "velocity_coef", "velocity_intercept" (functions of the noisy gradients
+    only) and "n_samples" (the published noisy count): every step adds Gaussian noise of std
+    noise_multiplier * clip to the sum of the rows' clipped gradients, drawn from the
+    operating system's entropy; nothing else about the rows is returned.
     """
     import time
     import warnings
@@ -30,15 +41,44 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    n_classes, n_features = 10, data.shape[1] - 1
+    labels = data[:, n_features].astype(np.int64)
+    if config.get("privacy") is not None:  # set by the site: record-level differential privacy
+        dp_defaults = {"local_steps": 10, "lr": 2.0, "momentum": 0.9, "l2": 0.0, "noise_multiplier": None,
+                       "privacy": None}
+        unknown = sorted(set(config) - set(dp_defaults))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(dp_defaults)}")
+        cfg = {**dp_defaults, **config}
+        clip, rows, sigma = float(cfg["privacy"]["clip"]), float(cfg["privacy"]["rows"]), float(cfg["noise_multiplier"])
+        rng = np.random.default_rng()  # fresh OS entropy: noise no caller can choose, predict or replay
+        X = data[:, :n_features].astype(np.float32) / np.float32(255.0)
+        row_norms = np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)  # ||[x, 1]||: the bias is a feature too
+        every = np.arange(len(labels))
+        params = {key: np.array(global_params.get(key, np.zeros(shape)), dtype=np.float64)
+                  for key, shape in (("coef", (n_classes, n_features)), ("intercept", (n_classes,)),
+                                     ("velocity_coef", (n_classes, n_features)), ("velocity_intercept", (n_classes,)))}
+        W, b, vW, vb = params["coef"], params["intercept"], params["velocity_coef"], params["velocity_intercept"]
+        for _ in range(cfg["local_steps"]):
+            z = X @ W.T.astype(np.float32) + b.astype(np.float32)
+            z -= z.max(axis=1, keepdims=True)
+            P = np.exp(z)
+            P /= P.sum(axis=1, keepdims=True)
+            P[every, labels] -= 1.0  # row i's gradient is P[i] (outer) [x_i, 1]; its norm |P[i]| * |[x_i, 1]|
+            P *= np.minimum(1.0, clip / np.maximum(np.linalg.norm(P, axis=1) * row_norms, 1e-12))[:, None]
+            gW = (P.T @ X).astype(np.float64) + rng.normal(0.0, sigma * clip, W.shape)
+            gb = P.sum(axis=0, dtype=np.float64) + rng.normal(0.0, sigma * clip, b.shape)
+            vW = cfg["momentum"] * vW + gW / rows + cfg["l2"] * W
+            vb = cfg["momentum"] * vb + gb / rows
+            W, b = W - cfg["lr"] * vW, b - cfg["lr"] * vb
+        return {"coef": W, "intercept": b, "velocity_coef": vW, "velocity_intercept": vb, "n_samples": int(rows)}
+
     started = time.perf_counter()
     defaults = {"local_iters": 20, "C": 1.0, "holdout": 0.05, "seed": 0, "logit_adjust": True}
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(defaults)}")
     cfg = {**defaults, **config}
-    n_classes, n_features = 10, data.shape[1] - 1
-
-    labels = data[:, n_features].astype(np.int64)
     order = np.random.default_rng(cfg["seed"]).permutation(len(labels))
     n_holdout = int(len(labels) * cfg["holdout"])
     held, train = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])

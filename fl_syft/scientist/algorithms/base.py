@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
+from fl_syft.common.errors import ConfigError
 from fl_syft.scientist.rounds import Calls, Resilience, Site, call_sites, format_round, round_record
 
 log = logging.getLogger("fl_syft.algorithms")
@@ -29,10 +30,11 @@ log = logging.getLogger("fl_syft.algorithms")
 OnRound = Callable[[dict, list[dict]], None]  # (global params, history so far), after every round
 
 
-def setting(default: Any, help: str, label: str | None = None) -> Any:
-    """A settings field: its command-line help (the flag is the field name, ``_`` -> ``-``) and
-    its ``label`` in reports (default: the field name)."""
-    return dataclasses.field(default=default, metadata={"help": help, "label": label})
+def setting(default: Any, help: str, label: str | None = None, shown: str | None = None) -> Any:
+    """A settings field: its command-line help (the flag is the field name, ``_`` -> ``-``), its
+    ``label`` in reports (default: the field name) and its default as ``--help`` shows it."""
+    return dataclasses.field(default=default, metadata={"help": help, "label": label,
+                                                        "shown": str(default) if shown is None else shown})
 
 
 class Algorithm(ABC):
@@ -44,6 +46,7 @@ class Algorithm(ABC):
     functions: ClassVar[tuple[Callable, ...]]  # vetted functions every site must approve
     settings_type: ClassVar[type]  # frozen dataclass with a ``check()`` raising ConfigError
     resumable: ClassVar[bool] = True  # can ``--resume`` continue it from a checkpoint
+    needs_every_site: ClassVar[bool] = False  # True: a round without every site is meaningless (no --min-sites)
 
     def __init__(self, settings: Any = None):
         self.settings = settings if settings is not None else self.settings_type()
@@ -55,18 +58,42 @@ class Algorithm(ABC):
             resilience: Resilience = Resilience()) -> tuple[dict, list[dict]]:
         """Train; return (global params, history). ``params``/``history`` continue an earlier run."""
 
+    def for_privacy(self, statuses: list[dict], epsilon: float | None = None, secure: bool = False) -> Algorithm:
+        """This algorithm as it runs over sites with these published privacy statuses
+        (``connect.SyftSite.privacy()``), spending ``epsilon`` per site if they enforce DP, with
+        secure aggregation if ``secure`` (or if a site requires it). Raises ConfigError if it
+        cannot run there."""
+        if secure or any(s["policy"].get("require_secure_aggregation") for s in statuses):
+            raise ConfigError(f"{self.name} has no secure-aggregation form (fedavg has): drop {{secure_aggregation}}"
+                              " or use --algorithm fedavg")
+        private = [s["site"] for s in statuses if s["policy"].get("epsilon") is not None]
+        if private:
+            raise ConfigError(f"{', '.join(private)} enforce differential privacy, which {self.name} cannot run "
+                              f"under: {self.private_refusal}")
+        if epsilon is not None:
+            raise ConfigError(f"{{epsilon}} {epsilon:g}: no site enforces differential privacy: drop {{epsilon}}")
+        return self
+
+    private_refusal: ClassVar[str] = "it has no private form"
+
     def describe(self) -> list[tuple[str, str]]:
-        """(setting, value) rows for the report."""
+        """(setting, value) rows for the report (settings that do not apply are left out)."""
         rows = []
         for f in dataclasses.fields(self.settings):
             value = getattr(self.settings, f.name)
+            if value is None:
+                continue
             shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
             rows.append((f.metadata.get("label") or f.name, shown))
         return rows
 
+    def final_round(self, history: list[dict]) -> int:
+        """The round whose global model ``run`` returned (the last, unless the algorithm says otherwise)."""
+        return history[-1]["round"]
+
     def stop_reason(self, history: list[dict]) -> str:
-        """Why the run ended (for the report)."""
-        return f"{len(history)} of {self.settings.rounds} rounds"
+        """Why the run stopped (for metrics.json and the report)."""
+        return "all rounds asked for" if len(history) >= self.settings.rounds else "interrupted"
 
 
 class RoundAlgorithm(Algorithm):
@@ -85,6 +112,10 @@ class RoundAlgorithm(Algorithm):
     @abstractmethod
     def aggregate(self, params: dict, results: dict[str, dict]) -> dict:
         """The next global params from this round's validated site results (pure)."""
+
+    def annotate(self, record: dict) -> dict:
+        """Add what this algorithm knows about a round to its record (default: nothing)."""
+        return record
 
     def collect(self, pool: ThreadPoolExecutor, sites: Sequence[Site], params: dict, rnd: int,
                 resilience: Resilience) -> tuple[Calls, dict[str, str]]:
@@ -106,7 +137,7 @@ class RoundAlgorithm(Algorithm):
                 started = time.perf_counter()
                 calls, dropped = self.collect(pool, sites, params, rnd, resilience)
                 params = self.aggregate(params, {name: result for name, (result, _) in calls.items()})
-                record = round_record(rnd, params, calls, dropped, started, X_test, y_test)
+                record = self.annotate(round_record(rnd, params, calls, dropped, started, X_test, y_test))
                 history.append(record)
                 bar.update()
                 tqdm.write(format_round(record))

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
@@ -34,7 +34,8 @@ GTOL = 1e-4  # scikit-learn's default tol for lbfgs
 
 @dataclass(frozen=True)
 class LbfgsSettings:
-    rounds: int = setting(500, "at most this many rounds (loss+gradient evaluations); stops earlier at convergence")
+    rounds: int = setting(500, "at most this many rounds (loss+gradient evaluations); stops earlier at convergence",
+                          "round cap")
     C: float = setting(1.0, "inverse L2 strength")
 
     def check(self) -> None:
@@ -50,18 +51,24 @@ class Lbfgs(Algorithm):
     functions = (lr_loss_grad,)
     settings_type = LbfgsSettings
     resumable = False  # the optimizer's memory lives in this process only
+    needs_every_site = True  # a missing site would change the objective
+    private_refusal = ("L-BFGS needs exact losses and gradients (its line search compares them), and the sites "
+                       "refuse lr_loss_grad under DP: use --algorithm fedavg")
 
     def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, params: dict | None = None,
             history: list[dict] | None = None, on_round: OnRound | None = None,
             resilience: Resilience = Resilience()) -> tuple[dict, list[dict]]:
-        """At most ``rounds`` rounds (objective evaluations; one more if the optimizer's answer is
-        not the last point it evaluated). Every site must answer every round (a missing site
-        would change the objective), so ``resilience.min_sites`` is ignored; retries still apply."""
-        cfg, res = self.settings, replace(resilience, min_sites=None)
+        """At most ``rounds`` rounds (objective evaluations). The model returned is the optimizer's
+        last accepted point (an evaluated one: a line search's trial points after it are rounds
+        that ran, and are recorded, but not the answer); :meth:`final_round` names its round."""
+        cfg, res = self.settings, resilience
         history = []
         evaluated: list[np.ndarray] = []
+        accepted = [model.flatten(model.zeros())]
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            if len(history) == cfg.rounds:
+                raise _RoundCap
             rnd = len(history) + 1
             params = model.unflatten(theta)
             started = time.perf_counter()
@@ -81,14 +88,28 @@ class Lbfgs(Algorithm):
                 on_round(params, history)
             return value, grad
 
-        theta0 = model.flatten(model.zeros())
         with ThreadPoolExecutor(max_workers=len(sites)) as pool, \
                 tqdm(total=cfg.rounds, desc="rounds", unit="round", leave=False) as bar:
-            result = minimize(objective, theta0, jac=True, method="L-BFGS-B",
-                              options={"maxiter": cfg.rounds, "maxfun": cfg.rounds, "gtol": GTOL,
-                                       "ftol": 64 * np.finfo(float).eps, "maxls": 50})
-            if not np.array_equal(result.x, evaluated[-1]):
-                objective(result.x)  # one more (counted) round, so the last record is the returned model
-        log.info("lbfgs %s after %d rounds: %s", "converged" if result.success else "stopped", len(history),
-                 result.message)
-        return model.unflatten(result.x), history
+            try:
+                result = minimize(objective, accepted[0], jac=True, method="L-BFGS-B",
+                                  callback=lambda xk: accepted.append(np.array(xk)),
+                                  options={"maxiter": cfg.rounds, "maxfun": cfg.rounds, "gtol": GTOL,
+                                           "ftol": 64 * np.finfo(float).eps, "maxls": 50})
+                x = result.x
+                self.stopped = (f"converged (projected gradient <= {GTOL:g}, as scikit-learn's lbfgs)"
+                                if result.success and result.status == 0 else f"stopped: {result.message}")
+            except _RoundCap:
+                x, self.stopped = accepted[-1], "round cap reached"
+        self._final = 1 + max(i for i, theta in enumerate(evaluated) if np.array_equal(theta, x))
+        log.info("lbfgs %s after %d rounds; the model is round %d's", self.stopped, len(history), self._final)
+        return model.unflatten(x), history
+
+    def final_round(self, history: list[dict]) -> int:
+        return self._final
+
+    def stop_reason(self, history: list[dict]) -> str:
+        return self.stopped
+
+
+class _RoundCap(Exception):
+    """The round cap is reached inside the optimizer's line search."""

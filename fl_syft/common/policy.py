@@ -1,0 +1,127 @@
+"""The data owner's privacy policy: what every call of a vetted function at a site may do.
+
+The owner sets it when the site starts (``--dp-epsilon``, ``--dp-delta``, ``--no-dp``, ...);
+the site stores it, enforces it on every call (``fl_syft.owner.guard``) and publishes it, so
+the scientist can plan a run. Everything privacy-relevant is here, never in the scientist's
+config: the clipping norm, the lowest noise a call may ask for, the minimum rows, and the
+allowed range of every config key of every vetted function. Shared by both sides: the owner
+enforces it, the scientist reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fl_syft.common.errors import ConfigError
+
+DEFAULT_EPSILON = 1.0
+DEFAULT_DELTA = 1e-5
+
+# function -> config key -> (low, high) inclusive, or the allowed type for flags and seeds.
+# Without DP, ml_experiment trains with scikit-learn; with DP it takes noisy gradient steps.
+PLAIN_BOUNDS: dict[str, dict[str, Any]] = {
+    "ml_experiment": {"local_iters": (1, 1000), "C": (1e-4, 1e4), "holdout": (0.0, 0.5), "seed": int,
+                      "logit_adjust": bool},
+    "lr_loss_grad": {},
+}
+DP_BOUNDS: dict[str, dict[str, Any]] = {
+    "ml_experiment": {"local_steps": (1, 100), "lr": (1e-4, 100.0), "momentum": (0.0, 0.99), "l2": (0.0, 1.0),
+                      "noise_multiplier": (None, 1e6)},  # low: the policy's min_noise
+}
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """One site's policy. ``epsilon`` None means no differential privacy (``--no-dp``).
+
+    Protected unit: one row of the site's shard, add/remove-one-row neighbouring.
+    ``epsilon``/``delta``: the site's total budget over every call, by every account.
+    ``clip``: the L2 norm each row's gradient is clipped to (the Gaussian mechanism's sensitivity).
+    ``min_noise``: the lowest noise multiplier (noise std / clip) a call may ask for.
+    ``min_rows``: no call trains or evaluates on fewer rows (with or without DP).
+    ``count_noise``: std, in rows, of the row count the site publishes once (charged once).
+    ``peers``: the federation's sites (name -> the datasite's verify key, hex) this site runs
+    secure aggregation with; ``threshold``: how many of them a sum needs (> half; default the
+    smallest majority); ``require_secure_aggregation``: refuse calls without it.
+    """
+
+    epsilon: float | None = DEFAULT_EPSILON
+    delta: float = DEFAULT_DELTA
+    clip: float = 1.0
+    min_noise: float = 0.5
+    min_rows: int = 50
+    count_noise: float = 100.0
+    peers: dict = field(default_factory=dict)
+    threshold: int | None = None
+    require_secure_aggregation: bool = False
+    bounds: dict = field(default_factory=dict)  # as PLAIN_BOUNDS / DP_BOUNDS; filled in from them
+
+    def __post_init__(self) -> None:
+        if not self.bounds:
+            object.__setattr__(self, "bounds", DP_BOUNDS if self.dp else PLAIN_BOUNDS)
+        if self.peers and self.threshold is None:
+            object.__setattr__(self, "threshold", len(self.peers) // 2 + 1)
+
+    @property
+    def dp(self) -> bool:
+        return self.epsilon is not None
+
+    def check(self, rows: int | None = None) -> None:
+        """Raise ConfigError (naming the owner's setting) for a policy that cannot protect ``rows`` rows."""
+        if self.dp and not self.epsilon > 0:
+            raise ConfigError(f"{{dp_epsilon}} must be > 0, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"{{dp_delta}} must be in (0, 1), got {self.delta}")
+        if rows is not None and self.dp and not self.delta < 1 / rows:
+            raise ConfigError(f"{{dp_delta}} {self.delta:g} must be below 1/rows = {1 / rows:.2g} ({rows} rows): "
+                              "a larger delta allows releasing a row outright")
+        if not self.clip > 0 or not self.min_noise > 0 or not self.count_noise > 0:
+            raise ConfigError("{dp_clip}, the noise floor and the count noise must be > 0")
+        if self.min_rows < 1:
+            raise ConfigError(f"{{min_rows}} must be at least 1, got {self.min_rows}")
+        if rows is not None and rows < self.min_rows:
+            raise ConfigError(f"{{min_rows}} {self.min_rows} is more than the {rows} rows this site holds")
+        if self.peers and not len(self.peers) / 2 < self.threshold <= len(self.peers):
+            raise ConfigError(f"{{secagg_threshold}} {self.threshold} must be more than half of the {len(self.peers)} "
+                              "peers and at most all of them (a minority could unmask one site's update)")
+        if self.require_secure_aggregation and not self.peers:
+            raise ConfigError("{require_secure_aggregation} needs the federation's peers ({peers})")
+
+    def functions(self) -> list[str]:
+        """The vetted functions this policy lets run (others are refused by the site)."""
+        return sorted(self.bounds)
+
+    def to_dict(self) -> dict:
+        return {key: _plain_bounds(value) if key == "bounds" else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> PrivacyPolicy:
+        bounds = {fn: {k: _bound_from_json(v) for k, v in keys.items()} for fn, keys in doc.get("bounds", {}).items()}
+        return cls(**{**doc, "bounds": bounds})
+
+    def describe(self) -> str:
+        """One line for the owner's terminal and the scientist's report."""
+        secure = "" if not self.peers else (
+            f"; secure aggregation with {len(self.peers)} peers, threshold {self.threshold}"
+            + (" (required)" if self.require_secure_aggregation else ""))
+        if not self.dp:
+            return (f"no differential privacy (--no-dp): calls return exact results, from which the data scientist "
+                    f"can reconstruct individual rows; at least {self.min_rows} rows per call{secure}")
+        return (f"record-level differential privacy: epsilon {self.epsilon:g}, delta {self.delta:g} in total for "
+                f"this site (one row, add/remove); gradients clipped to {self.clip:g}, noise multiplier at least "
+                f"{self.min_noise:g}; at least {self.min_rows} rows per call{secure}")
+
+
+def default_delta(rows: int) -> float:
+    """1e-5, or smaller where the shard is large: always below 1/rows."""
+    return min(DEFAULT_DELTA, 1.0 / (2 * rows))
+
+
+def _plain_bounds(bounds: dict) -> dict:
+    return {fn: {k: (v.__name__ if isinstance(v, type) else list(v)) for k, v in keys.items()}
+            for fn, keys in bounds.items()}
+
+
+def _bound_from_json(value: Any) -> Any:
+    return {"int": int, "bool": bool, "float": float}[value] if isinstance(value, str) else tuple(value)

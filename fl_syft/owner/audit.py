@@ -1,0 +1,29 @@
+"""A site's audit log: one JSON line per decision and per privacy charge, appended, owner-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+
+class AuditLog:
+    """``audit.jsonl`` of one site; safe to write from the approver and the request threads at once."""
+
+    def __init__(self, path: Path, site: str):
+        self.path, self.site = Path(path), site
+        self._lock = threading.Lock()
+
+    def write(self, entry: dict) -> None:
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "site": self.site, **entry}) + "\n"
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def read(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []

@@ -1,0 +1,326 @@
+"""The data owner's policy, enforced inside the site on every call of a vetted function.
+
+The approver vets the *code*; the guard vets each *call*: the config the scientist sends is
+checked against the owner's bounds (a value outside them is refused with a one-line
+reason), the privacy-relevant parameters (clipping norm, the published noisy row count)
+come from the owner's policy, and under differential privacy every call on the private
+rows is charged to the site's ledger before it runs. PySyft's run of the same call on the
+synthetic mock is not charged. :func:`install` puts the guard between PySyft and the
+vetted code in a datasite process; ``fl_syft.simulate`` calls the same :class:`Guard`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import numbers
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl_syft.common.errors import FlSyftError
+from fl_syft.common.model import N_CLASSES, N_FEATURES
+from fl_syft.common.policy import PrivacyPolicy
+from fl_syft.common.secagg import model_hash
+from fl_syft.common.secagg import summable as secagg_vector
+from fl_syft.owner.ledger import BudgetExceeded, Ledger
+from fl_syft.owner.secagg import SecAggRefused, SecAggSite
+
+log = logging.getLogger("fl_syft.guard")
+
+RESERVED = "privacy"  # the config key only the site sets
+SECAGG = "secagg"  # the config key of a securely aggregated call (read and removed by the site)
+PARAM_SHAPES = {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
+                "velocity_coef": (N_CLASSES, N_FEATURES), "velocity_intercept": (N_CLASSES,)}
+
+
+class Refused(FlSyftError):
+    """The site refuses this call; the message says why (it reaches the scientist as one line)."""
+
+
+@dataclass
+class Guard:
+    """Checks and charges the calls of one site. ``rows``: how many rows it really holds
+    (used only for the minimum-rows rules, never released)."""
+
+    site: str
+    policy: PrivacyPolicy
+    rows: int
+    ledger: Ledger | None = None  # required under DP
+    audit: Callable[[dict], None] = lambda entry: None
+    secagg: SecAggSite | None = None  # this site's side of secure aggregation (needs the policy's peers)
+
+    def __post_init__(self) -> None:
+        if self.policy.dp and self.ledger is None:
+            raise ValueError("a DP policy needs a ledger")
+
+    def publish_row_count(self, rng: np.random.Generator | None = None) -> int:
+        """The row count the site publishes under DP: true count + N(0, count_noise^2), charged
+        once (a kept ledger already holds it). The scientist divides gradient sums by it."""
+        if self.ledger.row_count is None:
+            rng = rng or np.random.default_rng()  # OS entropy
+            value = max(1, int(round(self.rows + rng.normal(0.0, self.policy.count_noise))))
+            after = self.ledger.charge(self.policy.count_noise, 1, "row count", value=value)
+            self.audit({"event": "charged", "function": "row count", "noise_multiplier": self.policy.count_noise,
+                        "epsilon_spent": after, "epsilon_total": self.policy.epsilon})
+        return self.ledger.row_count
+
+    def admit(self, function: str, global_params: dict, config: dict, requester: str = "",
+              on_private_rows: bool = True) -> dict:
+        """The config ``function`` runs with; raises Refused. On the private rows, a DP call is
+        charged here, before it runs (the mock run is not).
+
+        With secure aggregation (``config["secagg"]``, see :meth:`finish`) the charge is for the
+        noise the sum carries once at least ``threshold`` sites are in it, and this site adds its
+        1/sqrt(threshold) share of that noise variance."""
+        bounds = self.policy.bounds.get(function)
+        if bounds is None:
+            raise Refused(f"{function} is not allowed under this site's policy "
+                          f"({'differential privacy' if self.policy.dp else 'no DP'}; allowed: "
+                          f"{', '.join(self.policy.functions())})")
+        if not isinstance(config, dict):
+            raise Refused(f"config must be a dict, got {type(config).__name__}")
+        secure = config.get(SECAGG)
+        config = {k: v for k, v in config.items() if k != SECAGG}
+        if secure is None and self.policy.require_secure_aggregation:
+            raise Refused("this site requires secure aggregation: run with --secure-aggregation")
+        if secure is not None:
+            self._check_secure(secure, config)
+        _check_params(global_params, allow_velocity=self.policy.dp)
+        _check_config(config, bounds, self.policy.min_noise)
+        if on_private_rows:
+            self._check_rows(function, config)
+        if not self.policy.dp:
+            return config
+        sigma, steps = float(config["noise_multiplier"]), int(config["local_steps"])
+        if on_private_rows:
+            try:
+                after = self.ledger.charge(sigma, steps, "call", function=function, requester=requester)
+            except BudgetExceeded as e:
+                self.audit({"event": "refused", "function": function, "requester": requester, "reason": str(e)})
+                raise Refused(str(e)) from None
+            self.audit({"event": "charged", "function": function, "requester": requester, "noise_multiplier": sigma,
+                        "releases": steps, "epsilon_spent": after, "epsilon_total": self.policy.epsilon})
+        if secure is not None:  # the sum carries sigma once threshold sites are in it: add our share
+            config["noise_multiplier"] = sigma / math.sqrt(self.secagg.threshold)
+        return {**config, RESERVED: {"clip": self.policy.clip, "rows": self.ledger.row_count}}
+
+    def _check_secure(self, secure: object, config: dict) -> None:
+        if self.secagg is None:
+            raise Refused("this site has no secure-aggregation peers in its policy (its owner lists them: "
+                          "fl-syft launch does, fl-syft serve takes --peers)")
+        if not isinstance(secure, dict) or not {"session", "rnd", "peers", "shares", "fields", "weight"} <= \
+                set(secure):
+            raise Refused("config secagg must hold session, rnd, peers, shares, fields and weight")
+        if self.policy.dp and config.get("local_steps") != 1:
+            raise Refused("with secure aggregation each site adds only 1/sqrt(threshold) of the noise variance, "
+                          "which protects the sum of one step, not a site's own trajectory: local_steps must be 1")
+
+    def finish(self, function: str, config: dict, global_params: dict, result: object,
+               on_private_rows: bool = True) -> object:
+        """What leaves the site: ``result``, or under secure aggregation only its masked form
+        (``config["secagg"]``: session, round, peers, the shares sent to us, which result fields
+        to sum and which field weights them) and our keys for the next round."""
+        secure = config.get(SECAGG) if isinstance(config, dict) else None
+        if secure is None:
+            return result
+        try:
+            vector = secagg_vector(result, secure["fields"], secure["weight"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise Refused(f"cannot sum {secure['fields']} weighted by {secure['weight']}: {e}") from None
+        if not on_private_rows:  # PySyft's run on the mock: shaped like the real answer, nothing kept
+            return {"masked": np.zeros(len(vector), np.uint64), "model_signature": b"", "next_keys": {}}
+        try:
+            masked = self.secagg.mask(secure["session"], secure["rnd"], secure["peers"], secure["shares"],
+                                      model_hash(global_params), vector)
+            masked["next_keys"] = self.secagg.advertise(secure["session"], int(secure["rnd"]) + 1)
+        except (SecAggRefused, ValueError) as e:
+            raise Refused(str(e)) from None
+        return masked
+
+    def secagg_steps(self, steps: dict) -> dict:
+        """The protocol steps asked for (``advertise``, ``share_keys``, ``unmask``), in that order."""
+        if self.secagg is None:
+            raise Refused("this site has no secure-aggregation peers in its policy")
+        out = {}
+        try:
+            for step in ("unmask", "advertise", "share_keys"):
+                if step in steps:
+                    out[step] = getattr(self.secagg, step)(**steps[step])
+        except (SecAggRefused, TypeError, KeyError) as e:
+            raise Refused(str(e)) from None
+        return out
+
+    def _check_rows(self, function: str, config: dict) -> None:
+        """No call trains or evaluates on fewer than ``min_rows`` rows (with or without DP)."""
+        held = int(self.rows * float(config.get("holdout", 0.0))) if function == "ml_experiment" else 0
+        smallest = min(n for n in (self.rows - held, held) if n > 0)
+        if smallest < self.policy.min_rows:
+            raise Refused(f"config would train or evaluate on {smallest} rows; this site's minimum is "
+                          f"{self.policy.min_rows}")
+
+    def status(self) -> dict:
+        """What the scientist may read: the policy, the budget spent, the published row count."""
+        doc = {"site": self.site, "policy": self.policy.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.policy.dp:
+            spent = self.ledger.spent
+            doc.update(epsilon_spent=spent, epsilon_remaining=max(0.0, self.policy.epsilon - spent),
+                       rows=self.ledger.row_count, noise_multipliers=_compact(self.ledger))
+        return doc
+
+
+def _check_params(params: object, allow_velocity: bool) -> None:
+    if not isinstance(params, dict):
+        raise Refused(f"global_params must be a dict, got {type(params).__name__}")
+    allowed = set(PARAM_SHAPES) if allow_velocity else {"coef", "intercept"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise Refused(f"unknown global_params keys {unknown}; allowed: {sorted(allowed)}")
+    if params and not {"coef", "intercept"} <= set(params):
+        raise Refused("global_params must be {} or hold both coef and intercept")
+    for key, value in params.items():
+        array = np.asarray(value)
+        if array.shape != PARAM_SHAPES[key] or not np.issubdtype(array.dtype, np.number) \
+                or not np.all(np.isfinite(array)):
+            raise Refused(f"global_params {key} must be finite numbers of shape {PARAM_SHAPES[key]}")
+
+
+def _check_config(config: object, bounds: dict, min_noise: float) -> None:
+    if not isinstance(config, dict):
+        raise Refused(f"config must be a dict, got {type(config).__name__}")
+    if RESERVED in config:
+        raise Refused(f"config key {RESERVED!r} is set by the data owner's site, not by the caller")
+    unknown = sorted(set(config) - set(bounds))
+    if unknown:
+        raise Refused(f"unknown config keys {unknown}; this site allows {sorted(bounds)}")
+    for key, bound in bounds.items():
+        if key not in config:
+            if key in ("noise_multiplier", "local_steps"):  # the charge depends on them
+                raise Refused(f"config must set {key} (this site enforces differential privacy)")
+            continue
+        value = config[key]
+        if isinstance(bound, type):
+            if type(value) is not bound:  # exact: bool is not an int here
+                raise Refused(f"config {key}={value!r} must be a {bound.__name__}")
+            continue
+        low, high = bound
+        low = min_noise if low is None else low
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise Refused(f"config {key}={value!r} is outside this site's bounds [{low:g}, {high:g}]")
+        if isinstance(low, int) and isinstance(high, int) and not isinstance(value, numbers.Integral):
+            raise Refused(f"config {key}={value!r} must be an integer")
+
+
+def _compact(ledger: Ledger) -> dict[str, int]:
+    """noise multiplier -> releases: enough for the scientist to compose them exactly."""
+    counts: dict[str, int] = {}
+    for sigma in ledger._noise:
+        counts[repr(sigma)] = counts.get(repr(sigma), 0) + 1
+    return counts
+
+
+# --- inside a PySyft datasite -----------------------------------------------------------------
+
+ACTIVE: dict[str, Guard] = {}  # the guard of this datasite process (read by its API endpoint)
+STATUS_PATH = "fl_syft.privacy"
+SECAGG_PATH = "fl_syft.secagg"
+SECAGG_ROUTE = "/fl-syft/secagg"  # under /api/v2, beside PySyft's own routes
+FRESH_SECONDS = 300  # a signed secure-aggregation request older than this is refused (replays)
+
+
+def privacy_status(context) -> dict:
+    """This datasite's privacy policy and budget, as its data owner's guard reports them."""
+    from fl_syft.owner.guard import ACTIVE
+
+    return ACTIVE["guard"].status()
+
+
+def secagg_router(server, guard: Guard):
+    """``POST /api/v2/fl-syft/secagg``: the secure-aggregation steps, for a logged-in user.
+
+    Several per round and site: PySyft's custom API endpoints take ~0.2 s of the site's CPU
+    per call (they build clients and store each result), which would cost more than the rest
+    of a round at 10 sites. The request is PySyft's own signed API call (``SignedSyftAPICall``,
+    serialised by PySyft): the signature, the datasite, the caller's account and the request's
+    age are checked before the guard sees it."""
+    import syft as sy
+    from fastapi import APIRouter, Request, Response
+    from fastapi.concurrency import run_in_threadpool
+    from syft.client.api import SignedSyftAPICall
+
+    router = APIRouter()
+    users = server.services.user.stash
+
+    def answer(body: bytes) -> dict:
+        try:
+            signed = sy.deserialize(body, from_bytes=True)
+            if not isinstance(signed, SignedSyftAPICall) or not signed.is_valid:
+                return {"error": "not a validly signed request"}
+            call = signed.message
+            if call.server_uid != server.id or call.path != SECAGG_PATH:
+                return {"error": "a request for another datasite or path"}
+            if abs(time.time() - float(call.kwargs.get("sent", 0))) > FRESH_SECONDS:
+                return {"error": "a stale request (check the clocks)"}
+            users.get_by_verify_key(credentials=users.root_verify_key, verify_key=signed.credentials).unwrap()
+        except Exception:  # an unknown account, or not PySyft at all
+            return {"error": "unknown account or malformed request"}
+        try:
+            return {"result": guard.secagg_steps(call.kwargs["steps"])}
+        except Refused as e:
+            return {"error": f"{guard.site} refused: {e}"}
+
+    async def secagg(request):
+        reply = await run_in_threadpool(answer, await request.body())
+        return Response(sy.serialize(reply, to_bytes=True), media_type="application/octet-stream")
+
+    # Real classes, not this module's postponed (string) annotations: FastAPI reads them to know
+    # that ``request`` is the request, not a query parameter.
+    secagg.__annotations__ = {"request": Request, "return": Response}
+    router.add_api_route(SECAGG_ROUTE, secagg, methods=["POST"])
+    return router
+
+
+def publish_status(root_client) -> None:
+    """(Re)register :func:`privacy_status` as the API endpoint ``fl_syft.privacy`` (any logged-in user)."""
+    import syft as sy
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if any(e.path == STATUS_PATH for e in root_client.custom_api.get_all()):  # a kept state's: afresh
+            root_client.custom_api.delete(endpoint_path=STATUS_PATH)
+        root_client.custom_api.add(endpoint=sy.api_endpoint(path=STATUS_PATH, description=(
+            "The data owner's privacy policy for this site and the budget its ledger has spent."))(privacy_status))
+
+
+def install(guard: Guard, mock: np.ndarray, email_of: Callable[[object], str]) -> None:
+    """Put ``guard`` between PySyft 0.9.5 and every vetted function it runs in this process.
+
+    PySyft runs an approved call twice, on the private asset and on the mock; both go through
+    ``execute_byte_code``. A run whose data is not the (synthetic) mock is treated as private:
+    checked, charged, then run with the site's config. ``email_of(credentials)`` names the caller.
+    """
+    from syft.service.action import action_service
+    from syft.types.errors import SyftException
+
+    original = action_service.execute_byte_code
+
+    def guarded(code_item, kwargs: dict, context):
+        function, asked = code_item.service_func_name, kwargs.get("config")
+        data = kwargs.get("data")
+        private = not (isinstance(data, np.ndarray) and data.shape == mock.shape and np.array_equal(data, mock))
+        try:
+            config = guard.admit(function, kwargs.get("global_params"), asked, email_of(context.credentials),
+                                 on_private_rows=private)
+            outcome = original(code_item, {**kwargs, "config": config}, context)
+            if not outcome.errored:
+                outcome.result = guard.finish(function, asked, kwargs.get("global_params"), outcome.result, private)
+            return outcome
+        except Refused as e:
+            raise SyftException(public_message=f"{guard.site} refused {function}: {e}") from None
+
+    action_service.execute_byte_code = guarded
+    ACTIVE["guard"] = guard

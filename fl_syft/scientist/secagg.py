@@ -1,0 +1,116 @@
+"""Secure aggregation, the data scientist's side: relay the sites' keys and shares, add the masked
+updates, unmask the sum. The scientist learns the sum of the surviving sites' updates and nothing else.
+
+Per round every site makes two calls: one protocol call (``Site.secagg``: the previous round's
+unmasking shares and this round's sealed Shamir shares for its peers), then the vetted function
+itself, whose update the site's guard masks before it leaves (and which carries the site's keys
+for the next round). A site that fails after sharing its keys is recovered from the others'
+shares (threshold t of n); below the threshold the round fails and nothing is unmasked.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fl_syft.common import secagg
+from fl_syft.common.errors import one_line
+from fl_syft.scientist.rounds import Resilience, Site, SitesFailed
+
+
+@dataclass
+class Round:
+    """What one securely aggregated round gave: the sum, who is in it, and where the time went."""
+
+    total: np.ndarray  # the unmasked sum of the survivors' update vectors
+    survivors: list[str]
+    dropped: dict[str, str]  # site -> why
+    seconds: dict[str, float] = field(default_factory=dict)  # keys_and_unmasking, masked_update, reconstruct
+
+
+class SecureSum:
+    """The secure sum of ``function``'s results over ``sites``, round after round (one session)."""
+
+    def __init__(self, sites: Sequence[Site], threshold: int, pool: ThreadPoolExecutor,
+                 resilience: Resilience = Resilience()):
+        self.sites = {site.name: site for site in sites}
+        self.threshold, self.pool, self.resilience = threshold, pool, resilience
+        self.session = secrets.token_hex(16)
+        self.adverts: dict[str, dict] | None = None  # the next round's signed keys, per site
+        self.pending: dict | None = None  # the last round, not unmasked yet
+
+    def round(self, rnd: int, function: str, params: dict, config: dict, fields: list[str],
+              weight: str | None) -> Round:
+        """One round: share keys (unmasking the previous round on the way), mask, unmask."""
+        seconds: dict[str, float] = {}
+        if self.adverts is None:  # the session's first round: keys first
+            adverts, failed = self._each(list(self.sites), lambda s: s.secagg(
+                {"advertise": {"session": self.session, "rnd": rnd}}))
+            self._enough(rnd, adverts, failed, "advertising keys")
+            self.adverts = {name: a["advertise"] for name, a in adverts.items()}
+        started, keys = time.perf_counter(), self.adverts
+        steps = {name: {"share_keys": {"session": self.session, "rnd": rnd, "adverts": keys}} for name in keys}
+        answers, dropped = self._each(list(steps), lambda s: s.secagg(steps[s.name]))
+        self._enough(rnd, answers, dropped, "sharing keys")
+        seconds["keys"] = time.perf_counter() - started
+        sharers = sorted(answers)
+        inbox = {to: {frm: answers[frm]["share_keys"][to] for frm in sharers if frm != to} for to in sharers}
+        started = time.perf_counter()
+        masked, failed = self._each(sharers, lambda s: s.call(function, params, {**config, "secagg": {
+            "session": self.session, "rnd": rnd, "peers": sharers, "shares": inbox[s.name], "fields": fields,
+            "weight": weight}}))
+        dropped.update(failed)
+        self._enough(rnd, masked, dropped, "masking updates")
+        seconds["masked_update"] = time.perf_counter() - started
+        self.adverts = {name: m["next_keys"] for name, m in masked.items()}
+        started = time.perf_counter()
+        total = self._unmask(rnd, params, masked, sharers, keys)
+        seconds["unmask"] = time.perf_counter() - started
+        return Round(total, sorted(masked), dropped, seconds)
+
+    def _unmask(self, rnd: int, params: dict, masked: dict[str, dict], sharers: list[str],
+                keys: dict[str, dict]) -> np.ndarray:
+        survivors = sorted(masked)
+        signatures = {name: m["model_signature"] for name, m in masked.items()}
+        request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors,
+                              "model_signatures": signatures}}
+        shares, _ = self._each(survivors, lambda s: s.secagg(request))
+        if len(shares) < self.threshold:
+            raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
+                              f"needed; nothing is unmasked; resume with --resume")
+        held = [answer["unmask"] for answer in shares.values()]
+        total = np.zeros_like(masked[survivors[0]]["masked"])
+        for m in masked.values():
+            total = total + np.asarray(m["masked"], np.uint64)
+        model = secagg.model_hash(params)
+        for name in sharers:
+            kind = "seed" if name in masked else "key"
+            secret = secagg.combine([(h[name]["index"], bytes.fromhex(h[name][kind])) for h in held if name in h])
+            if kind == "seed":
+                total = total - secagg.prg(secret, len(total))
+            else:  # a site that shared its keys but sent no update: remove its masks from the others'
+                for u in survivors:
+                    mask = secagg.pair_mask(secret, keys[u]["s_pk"], self.session, rnd, model, name, u, len(total))
+                    total = total - secagg.signed_mask(u, name, mask)
+        return secagg.dequantize(total)
+
+    def _each(self, names: list[str], step) -> tuple[dict[str, dict], dict[str, str]]:
+        """``step(site)`` on every named site at once: ({site: answer}, {site: why it failed})."""
+        futures = {name: self.pool.submit(step, self.sites[name]) for name in names}
+        answers, failed = {}, {}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result()
+            except Exception as e:
+                failed[name] = one_line(e)
+        return answers, failed
+
+    def _enough(self, rnd: int, answers: dict, dropped: dict[str, str], what: str) -> None:
+        if len(answers) < self.threshold:
+            raise SitesFailed(f"round {rnd}: {len(answers)} sites left while {what} ({'; '.join(dropped.values())}), "
+                              f"secure aggregation needs {self.threshold}; nothing is unmasked; resume with --resume")

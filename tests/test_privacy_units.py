@@ -1,0 +1,196 @@
+"""Record-level DP, the pure parts: accountant, ledger, the owner's guard, the run plan, the DP step."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from conftest import synthetic_shard
+
+from fl_syft.common.accounting import epsilon, epsilon_of_event, noise_for
+from fl_syft.common.errors import ConfigError
+from fl_syft.owner.guard import Guard, Refused
+from fl_syft.owner.launch import owner_policy
+from fl_syft.owner.ledger import BudgetExceeded, Ledger, summary
+from fl_syft.scientist.privacy import plan
+from fl_syft.simulate import local_sites
+from fl_syft.vetted.local_training import ml_experiment
+
+DP = {"local_steps": 2, "lr": 1.0, "momentum": 0.9, "l2": 0.0, "noise_multiplier": 20.0}
+ZEROS = {"coef": np.zeros((10, 784)), "intercept": np.zeros(10)}
+
+
+# --- accountant ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("event, accountant, expected", [
+    (dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.0)), 500), "rdp", 1.65),
+    (dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(2.0)), 2000), "rdp", 0.99),
+    (dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(100.0), 100), "rdp", 0.38),
+    (dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(49.0), 100), "rdp", 0.81),
+])
+def test_the_library_gives_the_published_values(event, accountant, expected):
+    assert epsilon_of_event(event, 1e-5, accountant) == pytest.approx(expected, abs=0.01)
+
+
+def test_pld_subsampled_value():
+    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.0)), 500)
+    assert epsilon_of_event(event, 1e-5, "pld") == pytest.approx(1.33, abs=0.01)
+
+
+def test_composed_gaussians_equal_the_librarys_own_composition():
+    """The ledger's shortcut (one equivalent Gaussian) against dp-accounting composing them itself."""
+    event = dpa.ComposedDpEvent([dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(40.0), 100),
+                                 dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(100.0), 1)])
+    assert epsilon([40.0] * 100 + [100.0], 1e-5) == pytest.approx(epsilon_of_event(event, 1e-5, "pld"), rel=1e-4)
+
+
+def test_noise_for_spends_exactly_the_target_with_what_was_released_before():
+    sigma = noise_for(1.0, 1e-5, 120, already=[100.0])
+    assert epsilon([100.0, *[sigma] * 120], 1e-5) == pytest.approx(1.0, rel=1e-6)
+    assert noise_for(1.0, 1e-5, 120) < sigma
+    with pytest.raises(ValueError, match="already spent"):
+        noise_for(0.01, 1e-5, 10, already=[1.0])
+
+
+# --- ledger ---------------------------------------------------------------------------------------
+
+def test_ledger_charges_refuses_and_survives_a_restart(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, "abc", total=1.0, delta=1e-5)
+    sigma = noise_for(0.5, 1e-5, 10)
+    assert ledger.charge(sigma, 10, "call") == pytest.approx(0.5, rel=1e-6)
+    again = Ledger(path, "abc", total=1.0, delta=1e-5)  # a restart reads it back
+    assert again.spent == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(BudgetExceeded, match=r"epsilon 0.5 of 1 is spent and this call needs"):
+        again.charge(sigma / 10, 10, "call")
+    assert summary(path).epsilon_spent == pytest.approx(0.5, rel=1e-6)  # the refused call left no trace
+    with pytest.raises(Exception, match="belongs to other data"):
+        Ledger(path, "other rows", total=1.0, delta=1e-5)
+
+
+def test_concurrent_charges_cannot_both_pass_when_only_one_fits(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl", "abc", total=1.0, delta=1e-5)
+    sigma = noise_for(0.7, 1e-5, 1)  # one fits, two do not
+    outcomes, start = [], threading.Barrier(8)
+
+    def call():
+        start.wait()
+        try:
+            ledger.charge(sigma, 1, "call")
+            outcomes.append("charged")
+        except BudgetExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["charged"] + ["refused"] * 7 and ledger.spent <= 1.0
+
+
+# --- the owner's guard ----------------------------------------------------------------------------
+
+def guard(tmp_path, **policy) -> Guard:
+    return local_sites([synthetic_shard(3000)], owner_policy(**policy), tmp_path)[0].guard
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({**DP, "local_steps": 5000}, "config local_steps=5000 is outside this site's bounds [1, 100]"),
+    ({**DP, "noise_multiplier": 0.01}, "config noise_multiplier=0.01 is outside this site's bounds [0.5, 1e+06]"),
+    ({**DP, "privacy": {"clip": 1e9, "rows": 1}}, "config key 'privacy' is set by the data owner's site"),
+    ({**DP, "holdout": 0.999}, "unknown config keys ['holdout']"),
+    ({k: v for k, v in DP.items() if k != "noise_multiplier"}, "config must set noise_multiplier"),
+    ({**DP, "local_steps": 2.5}, "must be an integer"),
+    ({**DP, "lr": float("nan")}, "outside this site's bounds"),
+])
+def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp_path, config, reason):
+    g = guard(tmp_path)
+    before = g.ledger.spent
+    with pytest.raises(Refused, match=re.escape(reason)):
+        g.admit("ml_experiment", ZEROS, config)
+    assert g.ledger.spent == before
+
+
+def test_guard_refuses_hostile_models_and_other_functions(tmp_path):
+    g = guard(tmp_path)
+    with pytest.raises(Refused, match="global_params coef must be finite numbers of shape"):
+        g.admit("ml_experiment", {"coef": np.full((10, 784), np.inf), "intercept": np.zeros(10)}, DP)
+    with pytest.raises(Refused, match="lr_loss_grad is not allowed under this site's policy"):
+        g.admit("lr_loss_grad", ZEROS, {})
+
+
+def test_guard_charges_private_runs_before_they_run_and_not_the_mock(tmp_path):
+    g = guard(tmp_path)
+    before = g.ledger.spent
+    config = g.admit("ml_experiment", ZEROS, DP, on_private_rows=False)
+    assert g.ledger.spent == before and config["privacy"]["rows"] == g.ledger.row_count
+    g.admit("ml_experiment", ZEROS, DP)
+    assert g.ledger.spent == pytest.approx(epsilon([100.0, 20.0, 20.0], g.policy.delta))
+
+
+def test_without_dp_the_row_minimum_still_applies(tmp_path):
+    g = guard(tmp_path, epsilon=None, min_rows=500)
+    assert g.admit("ml_experiment", ZEROS, {"holdout": 0.2}) == {"holdout": 0.2}
+    with pytest.raises(Refused, match="config would train or evaluate on 150 rows; this site's minimum is 500"):
+        g.admit("ml_experiment", ZEROS, {"holdout": 0.05})
+    with pytest.raises(Refused, match=r"outside this site's bounds \[0, 0.5\]"):
+        g.admit("ml_experiment", ZEROS, {"holdout": 0.999})
+
+
+# --- the scientist's plan -------------------------------------------------------------------------
+
+def statuses(tmp_path, spent_first: float = 0.0, **policy) -> list[dict]:
+    sites = local_sites([synthetic_shard(3000), synthetic_shard(3000, seed=1)], owner_policy(**policy), tmp_path)
+    if spent_first:
+        sites[0].guard.ledger.charge(noise_for(spent_first, sites[0].guard.policy.delta, 1), 1, "call")
+    return [s.privacy() for s in sites]
+
+
+def test_plan_spends_what_is_left_exactly(tmp_path):
+    result = plan(statuses(tmp_path, spent_first=0.4), releases=120)
+    tight = next(b for b in result.budgets if b.site == "site-1")
+    assert result.total_after(tight) == pytest.approx(1.0, rel=1e-6)
+    assert all(result.total_after(b) <= 1.0 for b in result.budgets)
+
+
+def test_plan_refuses_more_than_a_site_has_left(tmp_path):
+    with pytest.raises(ConfigError, match=r"epsilon 0.9: site-1 has 0.4\d+ of its 1 left"):
+        plan(statuses(tmp_path, spent_first=0.5), releases=120, epsilon=0.9)
+
+
+def test_plan_without_dp_refuses_an_epsilon(tmp_path):
+    assert plan(statuses(tmp_path, epsilon=None), releases=10) is None
+    with pytest.raises(ConfigError, match="no site enforces differential privacy"):
+        plan(statuses(tmp_path / "b", epsilon=None), releases=10, epsilon=1.0)
+
+
+# --- the DP step inside the site ------------------------------------------------------------------
+
+def private(config: dict, rows: int = 3000) -> dict:
+    return {**config, "privacy": {"clip": 1.0, "rows": rows}}
+
+
+def test_dp_step_returns_only_the_model_and_fresh_noise_every_call():
+    shard = synthetic_shard(3000)
+    a, b = (ml_experiment(shard, ZEROS, private(DP)) for _ in range(2))
+    assert set(a) == {"coef", "intercept", "velocity_coef", "velocity_intercept", "n_samples"}
+    assert a["n_samples"] == 3000 and not np.array_equal(a["coef"], b["coef"])  # OS entropy, not a seed
+
+
+def test_one_row_moves_a_noiseless_step_by_at_most_the_clip():
+    """The sensitivity the accountant assumes: adding any one row, however extreme, changes the
+    clipped gradient sum (and so one step of size lr / rows) by at most clip."""
+    shard = synthetic_shard(3000)
+    extreme = np.full((1, 785), 255, np.uint8)
+    extreme[0, 784] = 3
+    config = private({**DP, "local_steps": 1, "momentum": 0.0, "noise_multiplier": 1e-12})
+    params = {"coef": np.random.default_rng(0).normal(0, 5, (10, 784)), "intercept": np.zeros(10)}
+    without = ml_experiment(shard, params, config)
+    with_row = ml_experiment(np.vstack([shard, extreme]), params, config)
+    moved = np.sqrt(np.sum((with_row["coef"] - without["coef"]) ** 2)
+                    + np.sum((with_row["intercept"] - without["intercept"]) ** 2))
+    assert 0 < moved <= 1.0 * 1.0 / 3000 * (1 + 1e-3)

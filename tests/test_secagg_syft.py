@@ -1,0 +1,127 @@
+"""Secure aggregation through five real datasites (and, with DP, two): the scientist gets the sum."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from syft_helpers import running_deployment
+
+from fl_syft.common import secagg
+from fl_syft.common.data import load_mnist
+from fl_syft.common.partition import PartitionSpec, make_shards
+from fl_syft.owner.launch import owner_policy
+from fl_syft.scientist.aggregate import fedavg
+from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
+from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.pipeline import train_and_report
+from fl_syft.scientist.rounds import SiteRefused, SitesFailed
+from fl_syft.vetted.local_training import ml_experiment
+
+pytestmark = pytest.mark.syft
+SETTINGS = FedAvgSettings(rounds=2, local_iters=3, holdout=0.0)
+
+
+@pytest.fixture(scope="module")
+def small(small_idx):
+    return load_mnist(f"idx:{small_idx}")
+
+
+@pytest.fixture(scope="module")
+def deployment(small_idx, tmp_path_factory):
+    yield from running_deployment(f"idx:{small_idx}", tmp_path_factory.mktemp("secagg"), sites=5,
+                                  policy=owner_policy(epsilon=None, min_rows=10))
+
+
+def sites_of(deployment):
+    conn = deployment.connection_file
+    return connect(read_connection(conn), ds_password(conn), FedAvg.functions)
+
+
+def expected_round(small, names: list[str], params: dict) -> dict:
+    """What plain FedAvg over these sites' shards gives from ``params`` (computed from the rows)."""
+    shards = dict(zip([f"site-{i}" for i in range(1, 6)],
+                      make_shards(small.X_train, small.y_train, PartitionSpec(sites=5)), strict=True))
+    config = FedAvg(SETTINGS).site_config()
+    return fedavg({n: ml_experiment(shards[n], params, config) for n in names})
+
+
+def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, small, capsys):
+    sites = sites_of(deployment)
+    seen = []
+    real = sites[0].call
+    sites[0].call = lambda *a: seen.append(real(*a)) or seen[-1]  # what the scientist receives from site-1
+    outcome = train_and_report(sites, FedAvg(SETTINGS), small.X_test, small.y_test, {"command": "test"},
+                               secure=True)
+    record = outcome.history[0]
+    assert record["secure_aggregation"]["survivors"] == [f"site-{i}" for i in range(1, 6)]
+    assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "unmask"}
+    assert "train_accuracy" not in json.dumps(record["sites"])  # no site's own result reaches the scientist
+    assert set(seen[0]) == {"masked", "model_signature", "next_keys"}
+    plain = expected_round(small, [f"site-{i}" for i in range(1, 6)], {})
+    round_1 = outcome.history[0]["global_test_accuracy"]
+    from fl_syft.scientist.evaluate import score
+
+    assert score(plain, small.X_test, small.y_test)["accuracy"] == pytest.approx(round_1, abs=1e-12)
+    y = np.asarray(seen[0]["masked"], np.uint64)
+    counts = np.bincount((y >> np.uint64(56)).astype(int), minlength=256)
+    assert ((counts - len(y) / 256) ** 2 / (len(y) / 256)).sum() < 330  # uniform top bytes
+
+
+def test_a_site_killed_between_keys_and_update_is_recovered(deployment, small):
+    sites = sites_of(deployment)
+    doomed = sites[4]
+    real = doomed.call
+
+    def die_then_call(*args):
+        deployment.procs["site-5"].kill()
+        deployment.procs["site-5"].wait()
+        return real(*args)
+
+    doomed.call = die_then_call
+    try:
+        outcome = train_and_report(sites, FedAvg(FedAvgSettings(rounds=1, local_iters=3, holdout=0.0)),
+                                   small.X_test, small.y_test, {"command": "test"}, secure=True)
+    finally:
+        deployment.restart("site-5")
+    record = outcome.history[0]
+    assert record["secure_aggregation"]["survivors"] == ["site-1", "site-2", "site-3", "site-4"]
+    assert "site-5" in record["dropped"]
+    expected = expected_round(small, ["site-1", "site-2", "site-3", "site-4"], {})
+    assert np.abs(outcome.params["coef"] - expected["coef"]).max() < 1e-6
+    assert np.abs(outcome.params["intercept"] - expected["intercept"]).max() < 1e-6
+
+
+def test_a_substituted_key_is_detected(deployment):
+    """A scientist who relays its own key in place of site-3's is caught by site-3's signature."""
+    sites = sites_of(deployment)
+    adverts = {s.name: s.secagg({"advertise": {"session": "forged", "rnd": 1}})["advertise"] for s in sites}
+    _, mine = secagg.keypair()
+    adverts["site-3"] = {**adverts["site-3"], "s_pk": mine}
+    with pytest.raises(SiteRefused, match="site-1 refused: round 1: the keys given for site-3 are not signed by"):
+        sites[0].secagg({"share_keys": {"session": "forged", "rnd": 1, "adverts": adverts}})
+
+
+def test_different_models_to_different_sites_leave_nothing_to_unmask(deployment, small):
+    sites = sites_of(deployment)
+    real = sites[0].call
+    sites[0].call = lambda function, params, config: real(
+        function, {"coef": np.full((10, 784), 0.01), "intercept": np.zeros(10)}, config)  # site-1 gets another model
+    with pytest.raises(SitesFailed, match="only 0 sites answered the unmasking"):
+        train_and_report(sites, FedAvg(SETTINGS), small.X_test, small.y_test, {"command": "test"}, secure=True)
+
+
+def test_distributed_noise_under_dp_charges_the_central_noise(small_idx, small, tmp_path):
+    fresh = running_deployment(f"idx:{small_idx}", tmp_path / "state", sites=2, policy=owner_policy(epsilon=2.0))
+    deployment = next(fresh)
+    try:
+        sites = sites_of(deployment)
+        outcome = train_and_report(sites, FedAvg(FedAvgSettings(rounds=3)), small.X_test, small.y_test,
+                                   {"command": "test"}, epsilon=1.0, secure=True)
+        record = outcome.history[-1]
+        assert record["secure_aggregation"]["threshold"] == 2
+        spent = [s.privacy()["epsilon_spent"] for s in sites]
+        assert max(spent) <= 2.0 and record["epsilon_spent"]["site-1"] == pytest.approx(spent[0], rel=1e-9)
+    finally:
+        fresh.close()
