@@ -251,8 +251,9 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve one datasite with your own data (one data owner) until Ctrl-C")
     g = p.add_argument_group("datasite")
-    g.add_argument("--data", required=True, metavar="SOURCE",
-                   help="your rows: idx:DIR, FILE.npz (X uint8 (n, 784), y (n,)) or FILE.csv (label + 784 pixels)")
+    g.add_argument("--data", default=None, metavar="SOURCE",
+                   help="your rows: idx:DIR, FILE.npz (X uint8 (n, 784), y (n,)) or FILE.csv (label + 784 pixels); "
+                        "not with --keep (the site keeps the rows it holds)")
     g.add_argument("--name", required=True, help="the datasite's name, e.g. hospital-a")
     g.add_argument("--port", type=int, default=54879, help="port to serve on (default 54879)")
     g.add_argument("--peers", type=Path, default=None, metavar="FILE",
@@ -353,6 +354,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table, site_identity
     from fl_syft.owner.serve import ServeOptions
 
+    if (args.data is None) != args.keep:
+        raise ConfigError("{keep} serves the rows the site already holds: drop {data}" if args.keep else
+                          "{data} is needed: the rows to serve (idx:DIR, FILE.npz or FILE.csv)")
     opts = ServeOptions(data=args.data, name=args.name, port=args.port, host=args.host, state_dir=args.state_dir,
                         keep=args.keep, db_url=args.db_url, verbose=args.verbose, policy=owner_policy_from(args))
     opts.check()

@@ -72,3 +72,14 @@ def test_holds_at_most_capacity_arrays(shard):
     assert decode.calls == 3
     cache(texts[0])  # evicted by the third
     assert decode.calls == 4
+
+
+def test_the_execution_history_is_loaded_only_when_read():
+    """PySyft reads a call's history only when its output policy refuses; a call must not pay for
+    every earlier call otherwise (see datasite._flat_call_cost)."""
+    from fl_syft.owner.datasite import LazyHistory
+
+    loads = []
+    history = LazyHistory(lambda: loads.append(1) or ["first", "last"])
+    assert loads == []
+    assert len(history) == 2 and history[-1] == "last" and loads == [1]

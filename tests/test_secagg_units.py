@@ -153,3 +153,23 @@ def test_a_site_refuses_to_unmask_a_round_twice(tmp_path):
     sites[0].owner.unmask(session.session, 1, names, signatures)
     with pytest.raises(SecAggRefused):
         sites[0].owner.unmask(session.session, 1, names[:3], signatures)
+
+
+def test_a_secure_fedavg_runs_again_in_the_same_process(tmp_path, small_idx):
+    """A second run() (a notebook cell run again, a continued run) keeps working: each run has its
+    own thread pool, the secure session carries on."""
+    from fl_syft.common.data import load_mnist
+    from fl_syft.common.partition import PartitionSpec, make_shards
+    from fl_syft.owner.launch import owner_policy
+    from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
+    from fl_syft.simulate import local_sites
+
+    small = load_mnist(f"idx:{small_idx}")
+    sites = local_sites(make_shards(small.X_train, small.y_train, PartitionSpec(sites=3)),
+                        owner_policy(epsilon=None, min_rows=10), tmp_path)
+    algo = FedAvg(FedAvgSettings(rounds=1, local_iters=2, holdout=0.0)).for_privacy([s.privacy() for s in sites],
+                                                                                    secure=True)
+    params, history = algo.run(sites, small.X_test, small.y_test)
+    algo.settings = algo.settings.__class__(**{**algo.settings.__dict__, "rounds": 2})
+    _, history = algo.run(sites, small.X_test, small.y_test, params=params, history=history)
+    assert [r["round"] for r in history] == [1, 2] and history[1]["secure_aggregation"]["survivors"]

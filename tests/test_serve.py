@@ -76,3 +76,44 @@ def test_serve_refuses_a_bad_file_in_one_line(tmp_path, capsys, content, message
     rc = main(["serve", "--data", str(bad), "--name", "x", "--port", str(free_base_port(1)),
                "--state-dir", str(tmp_path / "state")])
     assert rc == 1 and message in error_line(capsys.readouterr().err)
+
+
+def test_owners_who_list_each_other_as_peers_aggregate_securely(small_idx, tmp_path, monkeypatch):
+    """Each owner starts once (the site makes its identity and prints its verify key), the owners
+    exchange keys (--peers), restart with --keep, and the scientist learns only the sums."""
+    from fl_syft.owner.launch import site_identity
+
+    small = load_mnist(f"idx:{small_idx}")
+    files = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    np.savez(files[0], X=small.X_train[:1000], y=small.y_train[:1000])
+    np.savez(files[1], X=small.X_train[1000:2000], y=small.y_train[1000:2000])
+    env = {**os.environ, "FL_SYFT_DS_PASSWORD": "shared-scientist-pw-1"}
+    names, states = ["north", "south"], [tmp_path / "n", tmp_path / "s"]
+    owners = [start_serve(f, n, free_base_port(1), s, env) for f, n, s in zip(files, names, states, strict=True)]
+    for proc, state in zip(owners, states, strict=True):
+        wait_ready(proc, state)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert "verify key of" in out
+    peers = {n: site_identity(s / n, fresh=False)["verify_key"] for n, s in zip(names, states, strict=True)}
+    (tmp_path / "peers.json").write_text(json.dumps(peers))
+    ports = [free_base_port(1), free_base_port(1)]
+    owners = [subprocess.Popen([sys.executable, "-m", "fl_syft", "serve", "--keep", "--name", n, "--port", str(p),
+                                "--state-dir", str(s), "--peers", str(tmp_path / "peers.json"), *PLAIN,
+                                "--min-rows", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for n, p, s in zip(names, ports, states, strict=True)]
+    try:
+        for proc, state in zip(owners, states, strict=True):
+            wait_ready(proc, state)
+        monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "shared-scientist-pw-1")
+        out = tmp_path / "run"
+        assert main(["run", *[a for p in ports for a in ("--datasite", f"http://127.0.0.1:{p}")],
+                     "--data", f"idx:{small_idx}", "--rounds", "2", "--local-iters", "3", "--secure-aggregation",
+                     "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["config"]["secure_aggregation"] == {"threshold": 2}
+        assert metrics["rounds"][-1]["secure_aggregation"]["survivors"] == ["north", "south"]
+    finally:
+        for proc in owners:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)

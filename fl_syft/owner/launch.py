@@ -34,7 +34,7 @@ from tqdm import tqdm
 from fl_syft.common.errors import ConfigError, FlSyftError
 from fl_syft.common.files import write_json, write_private
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.common.policy import PrivacyPolicy
+from fl_syft.common.policy import DEFAULT_EPSILON, PrivacyPolicy
 from fl_syft.owner.datasite import SiteSpec, shard_sha256
 from fl_syft.owner.ledger import summary
 from fl_syft.owner.state import StateLock, StateLocked, holder, make_private
@@ -81,7 +81,7 @@ class DeploymentOptions(Protocol):
     def load_shards(self) -> list[np.ndarray]: ...
 
 
-def owner_policy(epsilon: float | None = PrivacyPolicy.epsilon, delta: float | None = None, **settings) -> dict:
+def owner_policy(epsilon: float | None = DEFAULT_EPSILON, delta: float | None = None, **settings) -> dict:
     """A data owner's policy for their sites: ``PrivacyPolicy`` as a dict, ``delta`` None meaning
     "below 1/rows" (each site sets it once it knows its rows). ``epsilon`` None: no DP."""
     policy = PrivacyPolicy(epsilon=epsilon, **({"delta": delta} if delta is not None else {}), **settings)

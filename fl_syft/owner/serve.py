@@ -24,7 +24,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 class ServeOptions:
     """One site named ``name`` serving the rows of ``data`` (see ``common.data.load_shard``)."""
 
-    data: str
+    data: str | None  # None with keep: the site serves the rows it holds
     name: str
     port: int = 54879
     host: str = "127.0.0.1"

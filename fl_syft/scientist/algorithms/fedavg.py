@@ -201,6 +201,7 @@ class SecureAggregation(RoundAlgorithm):
     def collect(self, pool, sites, params: dict, rnd: int, resilience):
         if getattr(self, "_secure_sum", None) is None or self._secure_sum.sites.keys() != {s.name for s in sites}:
             self._secure_sum = SecureSum(sites, self.threshold, pool, resilience)
+        self._secure_sum.pool = pool  # each run() has its own pool; the session and its keys carry on
         started = time.perf_counter()
         self._round = self._secure_sum.round(rnd, self.function, params, self.site_config(), list(self.fields),
                                              self.weight)
