@@ -495,8 +495,9 @@ def write_markdown(results: dict) -> None:
                   f"{x['round_seconds']['with']:.2f} s with secure aggregation: **{x['ratio']:.2f}x** "
                   f"(per round {min(x['round_ratios']):.2f}-"
                   f"{max(x['round_ratios']):.2f}x). Split of a secure round (medians): key agreement and Shamir "
-                  f"shares {s['keys']:.2f} s, training and masking (the sites' calls, transport included) "
-                  f"{s['masked_update']:.2f} s, unmasking and reconstruction {s['unmask']:.2f} s.", ""]
+                  f"shares {s['keys']:.2f} s; the sites' calls {s['masked_update']:.2f} s, of which masking at a "
+                  f"site {s['masking']:.2f} s and the rest training and PySyft transport (a round without secure "
+                  f"aggregation is those calls alone); unmasking and reconstruction {s['unmask']:.2f} s.", ""]
     if r.get("notes"):
         lines += ["## Notes on these measurements", "", *[f"- {note}" for note in r["notes"]], ""]
     sections = ", ".join(r.get("orchestrator_peak_rss_sections", ["all"]))

@@ -109,7 +109,8 @@ def gradient_candidates(sent: dict, result: dict, rows_published: int, lr: float
     (its class rows) and by Phong et al.'s division (row j of dW over dB_j: a lone row exactly)."""
     gW = (np.asarray(sent["coef"]) - np.asarray(result["coef"])) * rows_published / lr
     gb = (np.asarray(sent["intercept"]) - np.asarray(result["intercept"])) * rows_published / lr
-    return np.vstack([gW, gW / gb[:, None]])
+    with np.errstate(divide="ignore", invalid="ignore"):  # a class with no gradient: dropped as non-finite
+        return np.vstack([gW, gW / gb[:, None]])
 
 
 def isolating_model(shard: np.ndarray) -> dict:

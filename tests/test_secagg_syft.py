@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from syft_helpers import running_deployment
+from syft_helpers import run_notebook, running_deployment
 
 from fl_syft.common import secagg
 from fl_syft.common.data import load_mnist
@@ -56,9 +56,9 @@ def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, 
                                secure=True)
     record = outcome.history[0]
     assert record["secure_aggregation"]["survivors"] == [f"site-{i}" for i in range(1, 6)]
-    assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "unmask"}
+    assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "masking", "unmask"}
     assert "train_accuracy" not in json.dumps(record["sites"])  # no site's own result reaches the scientist
-    assert set(seen[0]) == {"masked", "model_signature", "next_keys"}
+    assert set(seen[0]) == {"masked", "model_signature", "next_keys", "mask_seconds"}
     plain = expected_round(small, [f"site-{i}" for i in range(1, 6)], {})
     round_1 = outcome.history[0]["global_test_accuracy"]
     from fl_syft.scientist.evaluate import score
@@ -118,10 +118,20 @@ def test_distributed_noise_under_dp_charges_the_central_noise(small_idx, small, 
     try:
         sites = sites_of(deployment)
         outcome = train_and_report(sites, FedAvg(FedAvgSettings(rounds=3)), small.X_test, small.y_test,
-                                   {"command": "test"}, epsilon=1.0, secure=True)
+                                   {"command": "test"}, epsilon=1.0, secure=True, out=tmp_path / "out")
         record = outcome.history[-1]
         assert record["secure_aggregation"]["threshold"] == 2
         spent = [s.privacy()["epsilon_spent"] for s in sites]
         assert max(spent) <= 2.0 and record["epsilon_spent"]["site-1"] == pytest.approx(spent[0], rel=1e-9)
+        report = (tmp_path / "out" / "report.md").read_text()
+        assert "the scientist saw only the sum of at least 2 sites' updates" in report
+        assert "masking at a site" in report and "| site-1 | 2, 1e-05 |" in report
+        # The notebook, as a user runs it with secure aggregation: it spends what the sites have left.
+        nb = run_notebook({"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "3",
+                           "FL_SYFT_DATA": f"idx:{small_idx}", "FL_SYFT_SECURE": "1"})
+        printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        assert "secure aggregation: each round only the sum of the surviving sites was unmasked (threshold 2" \
+            in printed
+        assert "site-1: epsilon spent 2.000 of 2 (delta 1e-05); left 0.000" in printed
     finally:
         fresh.close()

@@ -20,7 +20,7 @@ class Site:
     """A site of the protocol: the owner's SecAggSite, and an update it masks when called."""
 
     def __init__(self, name: str, key: SigningKey, peers: dict, threshold: int, folder, update: np.ndarray):
-        self.name, self.update, self.fail_on_call = name, update, False
+        self.name, self.update, self.fail_on_call, self.corrupt = name, update, False, None
         self.owner = SecAggSite(name, lambda m: key.sign(m).signature, peers, threshold, folder / f"{name}.jsonl")
 
     def secagg(self, steps: dict) -> dict:
@@ -36,7 +36,8 @@ class Site:
         s = config["secagg"]
         masked = self.owner.mask(s["session"], s["rnd"], s["peers"], s["shares"], secagg.model_hash(params),
                                  self.update)
-        return {**masked, "next_keys": self.owner.advertise(s["session"], s["rnd"] + 1)}
+        answer = {**masked, "next_keys": self.owner.advertise(s["session"], s["rnd"] + 1), "mask_seconds": 0.01}
+        return answer if self.corrupt is None else {**answer, **self.corrupt}
 
 
 def federation(tmp_path, n: int = 5, threshold: int | None = None) -> list[Site]:
@@ -111,6 +112,20 @@ def test_a_site_lost_after_sharing_keys_is_recovered_by_the_threshold(tmp_path):
     plain = np.sum([s.update for s in sites[:4]], axis=0)
     assert result.survivors == ["site-1", "site-2", "site-3", "site-4"] and "site-5" in result.dropped
     assert np.abs(result.total - plain).max() <= 4 * 2.0 ** -24
+
+
+@pytest.mark.parametrize("corrupt, why", [
+    ({"masked": np.zeros(LENGTH, np.float64)}, "site-2 returned a masked update of shape (500,) float64"),
+    ({"masked": np.zeros((2, LENGTH), np.uint64)}, "site-2 returned a masked update of shape (2, 500) uint64"),
+    ({"mask_seconds": float("nan")}, "site-2 returned mask_seconds nan"),
+])
+def test_a_malformed_masked_update_is_dropped_and_the_others_summed(tmp_path, corrupt, why):
+    sites = federation(tmp_path)
+    sites[1].corrupt = corrupt
+    result, _ = secure_round(sites)
+    plain = np.sum([s.update for s in sites if s.name != "site-2"], axis=0)
+    assert np.abs(result.total - plain).max() <= len(sites) * 2.0 ** -24
+    assert why in result.dropped["site-2"]
 
 
 def test_below_the_threshold_nothing_is_unmasked(tmp_path):

@@ -124,7 +124,7 @@ class Guard:
                on_private_rows: bool = True) -> object:
         """What leaves the site: ``result``, or under secure aggregation only its masked form
         (``config["secagg"]``: session, round, peers, the shares sent to us, which result fields
-        to sum and which field weights them) and our keys for the next round."""
+        to sum and which field weights them), our keys for the next round and how long masking took."""
         secure = config.get(SECAGG) if isinstance(config, dict) else None
         if secure is None:
             return result
@@ -133,13 +133,16 @@ class Guard:
         except (KeyError, TypeError, ValueError) as e:
             raise Refused(f"cannot sum {secure['fields']} weighted by {secure['weight']}: {e}") from None
         if not on_private_rows:  # PySyft's run on the mock: shaped like the real answer, nothing kept
-            return {"masked": np.zeros(len(vector), np.uint64), "model_signature": b"", "next_keys": {}}
+            return {"masked": np.zeros(len(vector), np.uint64), "model_signature": b"", "next_keys": {},
+                    "mask_seconds": 0.0}
+        started = time.perf_counter()
         try:
             masked = self.secagg.mask(secure["session"], secure["rnd"], secure["peers"], secure["shares"],
                                       model_hash(global_params), vector)
             masked["next_keys"] = self.secagg.advertise(secure["session"], int(secure["rnd"]) + 1)
         except (SecAggRefused, ValueError) as e:
             raise Refused(str(e)) from None
+        masked["mask_seconds"] = time.perf_counter() - started  # depends on the vector's length, not on rows
         return masked
 
     def secagg_steps(self, steps: dict) -> dict:

@@ -256,8 +256,9 @@ def comparison_figure(baselines: dict, federated: float):
     return fig
 
 
-def _privacy_section(plan: dict, final: dict) -> list[str]:
-    """What each site's owner enforces, what this run spent, and what that protects."""
+def _privacy_section(plan: dict, final: dict, threshold: int | None) -> list[str]:
+    """What each site's owner enforces, what this run spent, and what that protects (with secure
+    aggregation at ``threshold``: distributed noise, and what holds if sites collude)."""
     lines = ["## Privacy", "", "Each data owner enforces record-level differential privacy at their site: the unit "
              "protected is one row of that site's data (add/remove-one-row neighbouring), against the data scientist "
              "whatever code parameters and models they send. Every call on private rows is charged to the site's "
@@ -266,6 +267,12 @@ def _privacy_section(plan: dict, final: dict) -> list[str]:
              f"to {next(iter(plan['sites'].values()))['policy']['clip']:g}, Gaussian noise multiplier "
              f"{plan['noise_multiplier']:.4g}: epsilon {plan['epsilon_per_site']:.3g} per site at delta "
              f"{plan['delta']:g}.", "",
+             *([f"Secure aggregation with distributed noise: each round the scientist saw only the sum of at least "
+                f"{threshold} sites' updates, each site adding 1/sqrt({threshold}) of the noise variance, so the sum "
+                f"carries the noise of one central mechanism and the epsilon above holds for each site's rows as "
+                f"long as fewer than {threshold} sites collude with the scientist (a round with fewer than "
+                f"{threshold} survivors is refused, never unmasked).", ""] if threshold else
+               ["Each site's update reached the scientist on its own, protected by that site's own noise.", ""]),
              "| site | budget (epsilon, delta) | spent before | spent after this run | rows (published, noisy) |",
              "|---|---|---|---|---|"]
     spent = final.get("epsilon_spent", {})
@@ -312,7 +319,7 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
     if baselines.get("centralized"):
         lines += ["", f"The {CENTRALIZED} is {CENTRALIZED_NOTE}."]
     if cfg.get("privacy"):
-        lines += ["", *_privacy_section(cfg["privacy"], final)]
+        lines += ["", *_privacy_section(cfg["privacy"], final, cfg.get("secure_aggregation", {}).get("threshold"))]
     lines += ["", "![convergence](convergence.png)", ""]
     if has_comparison:
         lines += ["![comparison](comparison.png)", ""]
@@ -338,10 +345,11 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
         lines.append(f"- per site call (median): {np.median([m['call_seconds'] for m in site_rows]):.2f} s")
     secure = [r["secure_aggregation"]["seconds"] for r in history if "secure_aggregation" in r]
     if secure:
-        lines.append("- secure aggregation, per round (median): " + ", ".join(
-            f"{label} {np.median([t[key] for t in secure]):.2f} s" for key, label in (
-                ("keys", "key agreement and Shamir shares"), ("masked_update", "training and masking (site calls)"),
-                ("unmask", "unmasking and reconstructing the sum"))))
+        keys, calls, masking, unmask = (np.median([t[k] for t in secure]) for k in ("keys", "masked_update",
+                                                                                   "masking", "unmask"))
+        lines.append(f"- secure aggregation, per round (median): key agreement and Shamir shares {keys:.2f} s; "
+                     f"the sites' calls {calls:.2f} s (masking at a site {masking:.2f} s, the rest training and "
+                     f"PySyft transport); unmasking and reconstructing the sum {unmask:.2f} s")
     dropped = [(r["round"], s) for r in history for s in r.get("dropped", {})]
     if dropped:
         lines.append(f"- dropouts: {', '.join(f'{s} in round {n}' for n, s in dropped)}")

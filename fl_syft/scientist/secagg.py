@@ -10,7 +10,9 @@ shares (threshold t of n); below the threshold the round fails and nothing is un
 
 from __future__ import annotations
 
+import math
 import secrets
+import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ class Round:
     total: np.ndarray  # the unmasked sum of the survivors' update vectors
     survivors: list[str]
     dropped: dict[str, str]  # site -> why
-    seconds: dict[str, float] = field(default_factory=dict)  # keys_and_unmasking, masked_update, reconstruct
+    seconds: dict[str, float] = field(default_factory=dict)  # keys, masked_update (masking within it), unmask
 
 
 class SecureSum:
@@ -61,12 +63,13 @@ class SecureSum:
         sharers = sorted(answers)
         inbox = {to: {frm: answers[frm]["share_keys"][to] for frm in sharers if frm != to} for to in sharers}
         started = time.perf_counter()
-        masked, failed = self._each(sharers, lambda s: s.call(function, params, {**config, "secagg": {
+        masked, failed = self._each(sharers, lambda s: _checked(s.name, s.call(function, params, {**config, "secagg": {
             "session": self.session, "rnd": rnd, "peers": sharers, "shares": inbox[s.name], "fields": fields,
-            "weight": weight}}))
+            "weight": weight}})))
         dropped.update(failed)
         self._enough(rnd, masked, dropped, "masking updates")
         seconds["masked_update"] = time.perf_counter() - started
+        seconds["masking"] = statistics.median(m["mask_seconds"] for m in masked.values())  # part of that
         self.adverts = {name: m["next_keys"] for name, m in masked.items()}
         started = time.perf_counter()
         total = self._unmask(rnd, params, masked, sharers, keys)
@@ -84,9 +87,13 @@ class SecureSum:
             raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
                               f"needed; nothing is unmasked; resume with --resume")
         held = [answer["unmask"] for answer in shares.values()]
-        total = np.zeros_like(masked[survivors[0]]["masked"])
+        lengths = {name: len(m["masked"]) for name, m in masked.items()}
+        if len(set(lengths.values())) != 1:
+            raise SitesFailed(f"round {rnd}: the sites' masked updates differ in length ({lengths}): a site runs "
+                              "another version of the vetted function; nothing is unmasked")
+        total = np.zeros(lengths[survivors[0]], np.uint64)
         for m in masked.values():
-            total = total + np.asarray(m["masked"], np.uint64)
+            total = total + m["masked"]
         model = secagg.model_hash(params)
         for name in sharers:
             kind = "seed" if name in masked else "key"
@@ -114,3 +121,18 @@ class SecureSum:
         if len(answers) < self.threshold:
             raise SitesFailed(f"round {rnd}: {len(answers)} sites left while {what} ({'; '.join(dropped.values())}), "
                               f"secure aggregation needs {self.threshold}; nothing is unmasked; resume with --resume")
+
+
+def _checked(site: str, answer: object) -> dict:
+    """A site's masked update, or ValueError naming what is wrong with it (the site is then
+    dropped from the round and its masks recovered like a dropout's)."""
+    if not isinstance(answer, dict) or not {"masked", "model_signature", "next_keys", "mask_seconds"} <= set(answer):
+        got = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
+        raise ValueError(f"{site} returned no masked update (got {got})")
+    vector = np.asarray(answer["masked"])
+    if vector.ndim != 1 or vector.dtype != np.uint64:
+        raise ValueError(f"{site} returned a masked update of shape {vector.shape} {vector.dtype}, not a uint64 vector")
+    seconds = answer["mask_seconds"]
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{site} returned mask_seconds {seconds!r}, not a duration")
+    return {**answer, "masked": vector, "mask_seconds": float(seconds)}
