@@ -128,6 +128,17 @@ def test_a_malformed_masked_update_is_dropped_and_the_others_summed(tmp_path, co
     assert why in result.dropped["site-2"]
 
 
+def test_masked_updates_of_different_lengths_are_refused_before_any_unmasking(tmp_path):
+    sites = federation(tmp_path)
+    sites[1].corrupt = {"masked": np.zeros(LENGTH - 1, np.uint64)}
+    asked = []
+    for site in sites:
+        site.secagg = lambda steps, real=site.secagg: asked.append(set(steps)) or real(steps)
+    with pytest.raises(SitesFailed, match="the sites' masked updates differ in length"):
+        secure_round(sites)
+    assert {"unmask"} not in asked
+
+
 def test_below_the_threshold_nothing_is_unmasked(tmp_path):
     sites = federation(tmp_path)
     for s in sites[2:]:

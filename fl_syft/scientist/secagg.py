@@ -79,6 +79,10 @@ class SecureSum:
     def _unmask(self, rnd: int, params: dict, masked: dict[str, dict], sharers: list[str],
                 keys: dict[str, dict]) -> np.ndarray:
         survivors = sorted(masked)
+        lengths = {name: len(m["masked"]) for name, m in masked.items()}
+        if len(set(lengths.values())) != 1:
+            raise SitesFailed(f"round {rnd}: the sites' masked updates differ in length ({lengths}): a site runs "
+                              "another version of the vetted function; nothing is unmasked")
         signatures = {name: m["model_signature"] for name, m in masked.items()}
         request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors,
                               "model_signatures": signatures}}
@@ -87,10 +91,6 @@ class SecureSum:
             raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
                               f"needed; nothing is unmasked; resume with --resume")
         held = [answer["unmask"] for answer in shares.values()]
-        lengths = {name: len(m["masked"]) for name, m in masked.items()}
-        if len(set(lengths.values())) != 1:
-            raise SitesFailed(f"round {rnd}: the sites' masked updates differ in length ({lengths}): a site runs "
-                              "another version of the vetted function; nothing is unmasked")
         total = np.zeros(lengths[survivors[0]], np.uint64)
         for m in masked.values():
             total = total + m["masked"]
