@@ -31,7 +31,7 @@ from fl_syft.common.partition import SCENARIOS, PartitionSpec, make_shards, scen
 from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port, owner_policy
 from fl_syft.scientist import baselines
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs
-from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+from fl_syft.scientist.algorithms.fedavg import PRIVATE_DEFAULTS, FedAvgSettings
 from fl_syft.scientist.algorithms.lbfgs import LbfgsSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.scientist.pipeline import train_and_report
@@ -289,14 +289,16 @@ def bench_dp_curve(mnist) -> dict:
 
 
 def bench_dp_syft(mnist, work: Path) -> list[dict]:
-    """Through real datasites: iid-2 at epsilon 1, 3, 8 per site, and dirichlet-0.5-10 at 1."""
+    """Through real datasites: iid-2 at epsilon 1 (with and without secure aggregation), 3 and 8 per
+    site, and dirichlet-0.5-10 at 1."""
     rows = []
-    for name, epsilon in (("iid-2", 1.0), ("iid-2", 3.0), ("iid-2", 8.0), ("dirichlet-0.5-10", 1.0)):
-        with deployed(scenario(name), work / f"dp-{name}-{epsilon}", policy=owner_policy(epsilon=epsilon)) \
+    for name, epsilon, secure in (("iid-2", 1.0, False), ("iid-2", 1.0, True), ("iid-2", 3.0, False),
+                                  ("iid-2", 8.0, False), ("dirichlet-0.5-10", 1.0, False)):
+        with deployed(scenario(name), work / f"dp-{name}-{epsilon}-{secure}", policy=owner_policy(epsilon=epsilon)) \
                 as (_, sites, timings):
-            row = {"scenario": name, **private_run(sites, epsilon, mnist), "launch_seconds": timings["launch"]}
+            row = {"scenario": name, **private_run(sites, epsilon, mnist, secure), "launch_seconds": timings["launch"]}
         rows.append(row)
-        print(f"dp via PySyft {name} epsilon {epsilon}: {100 * row['final']:.2f}% "
+        print(f"dp via PySyft {name} epsilon {epsilon} secure {secure}: {100 * row['final']:.2f}% "
               f"(spent {row['epsilon_spent_max']:.3f}) in {row['wall_seconds']:.0f} s", flush=True)
     return rows
 
@@ -466,8 +468,10 @@ def write_markdown(results: dict) -> None:
             how = " (secure aggregation)" if x.get("secure_aggregation") else ""
             lines.append(f"| {x['sites']}{how} | {eps} | {x['noisy_steps_per_site'] or '-'} | "
                          f"{100 * x['final']:.2f}% | {spent} |")
-        lines += ["", "delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step 2.0, "
-                  "momentum 0.9 carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; with secure "
+        k = PRIVATE_DEFAULTS["frequencies"]
+        lines += ["", f"delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step "
+                  f"{PRIVATE_DEFAULTS['lr']:g} in the {k} x {k} lowest image frequencies, momentum 0.9 carried across "
+                  "rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; with secure "
                   "aggregation one noisy step per round, the same number of steps as rounds (120, 300, 600), each "
                   "site adding 1/sqrt(threshold) of the noise (threshold 2 of 2, 6 of 10). The noise "
                   "multiplier spends the epsilon exactly (dp-accounting, analytic Gaussian). The row count each site "
@@ -476,10 +480,11 @@ def write_markdown(results: dict) -> None:
         plot_dp_curve(r)
     if "dp-syft" in r:
         lines += ["## Record-level DP through real datasites", "",
-                  "| scenario | epsilon per site | rounds | final accuracy | epsilon spent (max, ledger) | wall (s) "
-                  "| round (s) |", "|---|---|---|---|---|---|---|"]
+                  "| scenario | epsilon per site | secure aggregation | rounds | final accuracy | epsilon spent (max, "
+                  "ledger) | wall (s) | round (s) |", "|---|---|---|---|---|---|---|---|"]
         for x in r["dp-syft"]:
-            lines.append(f"| {x['scenario']} | {x['epsilon']:g} | {x['rounds']} | {100 * x['final']:.2f}% | "
+            how = "yes" if x.get("secure_aggregation") else "no"
+            lines.append(f"| {x['scenario']} | {x['epsilon']:g} | {how} | {x['rounds']} | {100 * x['final']:.2f}% | "
                          f"{x['epsilon_spent_max']:.4f} | {x['wall_seconds']:.0f} | "
                          f"{x['median_round_seconds']:.2f} |")
         lines.append("")

@@ -171,7 +171,9 @@ def test_2_a_crafted_model_that_isolates_one_row_gets_nothing_recognisable(deplo
     params = {"coef": crafted["coef"], "intercept": crafted["intercept"]}
     rows = status(deployment)["rows"]
     sigma = noise_for(0.5, 1e-5, 1)  # half the budget on one step: as much signal as one call gets
-    config = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": sigma}
+    # Every pixel (frequencies 28): the row's whole image in the update; fewer frequencies keep the
+    # same noise per coordinate on less of the row.
+    config = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "frequencies": 28, "noise_multiplier": sigma}
     # The construction works: the same call without the noise hands the row over.
     noiseless = ml_experiment(site_rows, params, {**config, "noise_multiplier": 1e-12,
                                                   "privacy": {"clip": 1.0, "rows": rows}})

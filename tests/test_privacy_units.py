@@ -106,6 +106,7 @@ def guard(tmp_path, **policy) -> Guard:
     ({k: v for k, v in DP.items() if k != "noise_multiplier"}, "config must set noise_multiplier"),
     ({**DP, "local_steps": 2.5}, "must be an integer"),
     ({**DP, "lr": float("nan")}, "outside this site's bounds"),
+    ({**DP, "frequencies": 29}, "config frequencies=29 is outside this site's bounds [1, 28]"),
 ])
 def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp_path, config, reason):
     g = guard(tmp_path)
@@ -179,6 +180,21 @@ def test_dp_step_returns_only_the_model_and_fresh_noise_every_call():
     a, b = (ml_experiment(shard, ZEROS, private(DP)) for _ in range(2))
     assert set(a) == {"coef", "intercept", "velocity_coef", "velocity_intercept", "n_samples"}
     assert a["n_samples"] == 3000 and not np.array_equal(a["coef"], b["coef"])  # OS entropy, not a seed
+
+
+@pytest.mark.parametrize("k", [1, 14, 28])
+def test_a_noisy_step_moves_the_model_only_within_the_k_lowest_frequencies(k):
+    """Signal and noise both live in the k x k lowest 2-D DCT frequencies of the image (k = 28: all)."""
+    from scipy.fft import dctn
+
+    step = ml_experiment(synthetic_shard(3000), ZEROS, private({**DP, "local_steps": 1, "momentum": 0.0,
+                                                                "frequencies": k}))
+    spectrum = dctn(step["coef"].reshape(10, 28, 28), axes=(1, 2), norm="ortho")
+    inside = np.zeros((28, 28), bool)
+    inside[:k, :k] = True
+    scale = np.abs(spectrum).max()
+    assert np.abs(spectrum[:, ~inside]).max(initial=0.0) < 1e-9 * scale
+    assert (np.abs(spectrum[:, inside]) > 1e-9 * scale).all()  # the noise fills all k * k of them
 
 
 def test_one_row_moves_a_noiseless_step_by_at_most_the_clip():

@@ -27,7 +27,7 @@ PLAIN_BOUNDS: dict[str, dict[str, Any]] = {
 }
 DP_BOUNDS: dict[str, dict[str, Any]] = {
     "ml_experiment": {"local_steps": (1, 100), "lr": (1e-4, 100.0), "momentum": (0.0, 0.99), "l2": (0.0, 1.0),
-                      "noise_multiplier": (None, 1e6)},  # low: the policy's min_noise
+                      "frequencies": (1, 28), "noise_multiplier": (None, 1e6)},  # low: the policy's min_noise
 }
 
 

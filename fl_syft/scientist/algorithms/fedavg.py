@@ -29,7 +29,7 @@ from fl_syft.vetted.local_training import ml_experiment
 
 # The defaults of each mode (those of ml_experiment's config; a test checks they agree).
 PLAIN_DEFAULTS = {"rounds": 5, "local_iters": 20, "C": 1.0, "holdout": 0.05, "seed": 0, "logit_adjust": True}
-PRIVATE_DEFAULTS = {"rounds": 12, "local_steps": 10, "lr": 2.0, "momentum": 0.9}
+PRIVATE_DEFAULTS = {"rounds": 12, "local_steps": 10, "lr": 4.0, "momentum": 0.9, "frequencies": 14}
 # With secure aggregation a site's own noise protects only one step: one per round, as many rounds.
 SECURE_PRIVATE_DEFAULTS = {**PRIVATE_DEFAULTS, "rounds": 120, "local_steps": 1}
 
@@ -51,15 +51,20 @@ class FedAvgSettings:
                                         "label-prior (logit) adjustment", shown="on")
     local_steps: int | None = setting(None, "under DP: noisy gradient steps per site and round",
                                       "noisy gradient steps per round", shown="10")
-    lr: float | None = setting(None, "under DP: step size on the mean gradient", "step size", shown="2.0")
+    lr: float | None = setting(None, "under DP: step size on the mean gradient", "step size", shown="4.0")
     momentum: float | None = setting(None, "under DP: momentum of the gradient steps, carried across rounds",
                                      shown="0.9")
+    frequencies: int | None = setting(None, "under DP: the steps move the model only within the K x K lowest "
+                                            "spatial frequencies of the image, where the noise goes too (28: every "
+                                            "pixel)", "gradient frequencies per axis", shown="14")
 
     def check(self) -> None:
-        for name, low, high in (("rounds", 1, None), ("local_iters", 1, None), ("local_steps", 1, None)):
+        for name, low, high in (("rounds", 1, None), ("local_iters", 1, None), ("local_steps", 1, None),
+                                ("frequencies", 1, 28)):
             value = getattr(self, name)
             if value is not None and (value < low or (high is not None and value > high)):
-                raise ConfigError(f"{{{name}}} must be at least {low}, got {value}")
+                raise ConfigError(f"{{{name}}} must be at least {low}" + (f" and at most {high}" if high else "")
+                                  + f", got {value}")
         if self.C is not None and not self.C > 0:
             raise ConfigError(f"{{C}} must be > 0, got {self.C}")
         if self.holdout is not None and not 0 <= self.holdout < 1:
@@ -147,7 +152,7 @@ class PrivateFedAvg(FedAvg):
         s, sites = self.settings, self.plan["sites"].values()
         rows = sum(site["rows"] for site in sites)
         return {"local_steps": int(s.local_steps), "lr": float(s.lr), "momentum": float(s.momentum),
-                "l2": 0.0 if s.C is None else 1.0 / (s.C * rows),
+                "l2": 0.0 if s.C is None else 1.0 / (s.C * rows), "frequencies": int(s.frequencies),
                 "noise_multiplier": float(self.plan["noise_multiplier"])}
 
     def validate(self, site: str, result: object) -> None:
