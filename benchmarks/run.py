@@ -285,7 +285,7 @@ def bench_dp_curve(mnist) -> dict:
                 row = {"sites": n, **private_run(sites, epsilon, mnist, secure)}
                 rows.append(row)
                 print(f"dp curve {n} sites epsilon {epsilon} secure {secure}: {100 * row['final']:.2f}%", flush=True)
-    return {"rows": rows}
+    return {"rows": rows, "defaults": PRIVATE_DEFAULTS}
 
 
 def bench_dp_syft(mnist, work: Path) -> list[dict]:
@@ -468,10 +468,10 @@ def write_markdown(results: dict) -> None:
             how = " (secure aggregation)" if x.get("secure_aggregation") else ""
             lines.append(f"| {x['sites']}{how} | {eps} | {x['noisy_steps_per_site'] or '-'} | "
                          f"{100 * x['final']:.2f}% | {spent} |")
-        k = PRIVATE_DEFAULTS["frequencies"]
+        used = r["dp-curve"]["defaults"]  # the DP defaults when it was measured
         lines += ["", f"delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step "
-                  f"{PRIVATE_DEFAULTS['lr']:g} in the {k} x {k} lowest image frequencies, momentum 0.9 carried across "
-                  "rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; with secure "
+                  f"{used['lr']:g} in the {used['frequencies']} x {used['frequencies']} lowest image frequencies, "
+                  "momentum 0.9 carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; with secure "
                   "aggregation one noisy step per round, the same number of steps as rounds (120, 300, 600), each "
                   "site adding 1/sqrt(threshold) of the noise (threshold 2 of 2, 6 of 10). The noise "
                   "multiplier spends the epsilon exactly (dp-accounting, analytic Gaussian). The row count each site "
