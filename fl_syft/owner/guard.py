@@ -172,7 +172,7 @@ class Guard:
         if self.policy.dp:
             spent = self.ledger.spent
             doc.update(epsilon_spent=spent, epsilon_remaining=max(0.0, self.policy.epsilon - spent),
-                       rows=self.ledger.row_count, noise_multipliers=_compact(self.ledger))
+                       rows=self.ledger.row_count, noise_multipliers=self.ledger.releases())
         return doc
 
 
@@ -217,14 +217,6 @@ def _check_config(config: object, bounds: dict, min_noise: float) -> None:
             raise Refused(f"config {key}={value!r} is outside this site's bounds [{low:g}, {high:g}]")
         if isinstance(low, int) and isinstance(high, int) and not isinstance(value, numbers.Integral):
             raise Refused(f"config {key}={value!r} must be an integer")
-
-
-def _compact(ledger: Ledger) -> dict[str, int]:
-    """noise multiplier -> releases: enough for the scientist to compose them exactly."""
-    counts: dict[str, int] = {}
-    for sigma in ledger._noise:
-        counts[repr(sigma)] = counts.get(repr(sigma), 0) + 1
-    return counts
 
 
 # --- inside a PySyft datasite -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class Ledger:
     @property
     def spent(self) -> float:
         return epsilon(self._noise, self.delta)
+
+    def releases(self) -> dict[str, int]:
+        """noise multiplier (repr) -> how many releases had it: enough to compose them exactly."""
+        return dict(Counter(map(repr, self._noise)))
 
     def charge(self, noise_multiplier: float, releases: int, kind: str, **details: object) -> float:
         """Record ``releases`` Gaussian releases with ``noise_multiplier`` before they happen;
