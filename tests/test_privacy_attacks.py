@@ -224,6 +224,7 @@ def test_5_a_restart_between_calls_keeps_what_was_spent(deployment, scientist, t
     assert not result["ok"] and "privacy budget exhausted" in result["error"]
     charges = [json.loads(line) for line in (deployment.state / "site-1" / "audit.jsonl").read_text().splitlines()]
     assert [e["event"] for e in charges].count("charged") >= 3  # the row count and the calls, audited
+    assert {e["requester"] for e in charges if e["event"] == "charged" and "requester" in e} == {scientist[0]}
 
 
 def test_6_concurrent_calls_cannot_both_pass_when_only_one_fits(small_idx, tmp_path):

@@ -103,6 +103,24 @@ def test_a_substituted_key_is_detected(deployment):
         sites[0].secagg({"share_keys": {"session": "forged", "rnd": 1, "adverts": adverts}})
 
 
+def test_a_request_signed_by_no_account_of_the_site_is_refused(deployment):
+    import time
+
+    import requests
+    import syft as sy
+    from syft.client.api import SyftAPICall
+    from syft.server.credentials import SyftSigningKey
+
+    site = sites_of(deployment)[0]
+    steps = {"advertise": {"session": "stranger", "rnd": 1}}
+    call = SyftAPICall(server_uid=site.client.id, path="fl_syft.secagg", args=[],
+                       kwargs={"steps": steps, "sent": time.time()})
+    body = sy.serialize(call.sign(SyftSigningKey.generate()), to_bytes=True)  # a valid signature, no account
+    reply = requests.post(f"{site.address.url}:{site.address.port}/api/v2/fl-syft/secagg", data=body, timeout=60)
+    assert sy.deserialize(reply.content, from_bytes=True) == {"error": "unknown account or malformed request"}
+    assert "advertise" in site.secagg(steps)  # the same request from the site's scientist is answered
+
+
 def test_different_models_to_different_sites_leave_nothing_to_unmask(deployment, small):
     sites = sites_of(deployment)
     real = sites[0].call

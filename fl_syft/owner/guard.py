@@ -228,6 +228,15 @@ SECAGG_ROUTE = "/fl-syft/secagg"  # under /api/v2, beside PySyft's own routes
 FRESH_SECONDS = 300  # a signed secure-aggregation request older than this is refused (replays)
 
 
+def account_email(server, verify_key) -> str | None:
+    """The email of the datasite's account with ``verify_key``; None if it has none."""
+    users = server.services.user.stash
+    try:
+        return users.get_by_verify_key(credentials=users.root_verify_key, verify_key=verify_key).unwrap().email
+    except Exception:  # PySyft raises its own error types for an unknown key
+        return None
+
+
 def privacy_status(context) -> dict:
     """This datasite's privacy policy and budget, as its data owner's guard reports them."""
     from fl_syft.owner.guard import ACTIVE
@@ -249,7 +258,6 @@ def secagg_router(server, guard: Guard):
     from syft.client.api import SignedSyftAPICall
 
     router = APIRouter()
-    users = server.services.user.stash
 
     def answer(body: bytes) -> dict:
         try:
@@ -261,8 +269,9 @@ def secagg_router(server, guard: Guard):
                 return {"error": "a request for another datasite or path"}
             if abs(time.time() - float(call.kwargs.get("sent", 0))) > FRESH_SECONDS:
                 return {"error": "a stale request (check the clocks)"}
-            users.get_by_verify_key(credentials=users.root_verify_key, verify_key=signed.credentials).unwrap()
-        except Exception:  # an unknown account, or not PySyft at all
+            if account_email(server, signed.credentials) is None:
+                return {"error": "unknown account or malformed request"}
+        except Exception:  # not PySyft at all
             return {"error": "unknown account or malformed request"}
         try:
             return {"result": guard.secagg_steps(call.kwargs["steps"])}
