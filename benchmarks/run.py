@@ -471,7 +471,8 @@ def write_markdown(results: dict) -> None:
         used = r["dp-curve"]["defaults"]  # the DP defaults when it was measured
         lines += ["", f"delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step "
                   f"{used['lr']:g} in the {used['frequencies']} x {used['frequencies']} lowest image frequencies, "
-                  "momentum 0.9 carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, 60 above; with secure "
+                  f"momentum {used['momentum']:g} carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, "
+                  "60 above; with secure "
                   "aggregation one noisy step per round, the same number of steps as rounds (120, 300, 600), each "
                   "site adding 1/sqrt(threshold) of the noise (threshold 2 of 2, 6 of 10). The noise "
                   "multiplier spends the epsilon exactly (dp-accounting, analytic Gaussian). The row count each site "

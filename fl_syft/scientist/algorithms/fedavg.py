@@ -21,6 +21,7 @@ from fl_syft.common import secagg
 from fl_syft.common.accounting import epsilon
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.model import N_CLASSES, N_FEATURES
+from fl_syft.common.policy import DP_BOUNDS
 from fl_syft.scientist import privacy
 from fl_syft.scientist.aggregate import check_fields, fedavg, validate_result
 from fl_syft.scientist.algorithms.base import Algorithm, RoundAlgorithm, setting
@@ -60,7 +61,7 @@ class FedAvgSettings:
 
     def check(self) -> None:
         for name, low, high in (("rounds", 1, None), ("local_iters", 1, None), ("local_steps", 1, None),
-                                ("frequencies", 1, 28)):
+                                ("frequencies", *DP_BOUNDS["ml_experiment"]["frequencies"])):
             value = getattr(self, name)
             if value is not None and (value < low or (high is not None and value > high)):
                 raise ConfigError(f"{{{name}}} must be at least {low}" + (f" and at most {high}" if high else "")
