@@ -31,7 +31,7 @@ from fl_syft.common.partition import SCENARIOS, PartitionSpec, make_shards, scen
 from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port, owner_policy
 from fl_syft.scientist import baselines
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs
-from fl_syft.scientist.algorithms.fedavg import PRIVATE_DEFAULTS, FedAvgSettings
+from fl_syft.scientist.algorithms.fedavg import PRIVATE_DEFAULTS, SECURE_PRIVATE_DEFAULTS, FedAvgSettings
 from fl_syft.scientist.algorithms.lbfgs import LbfgsSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.scientist.pipeline import train_and_report
@@ -48,10 +48,12 @@ DP_EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, None)
 def dp_settings(epsilon: float, secure: bool = False) -> FedAvgSettings:
     """FedAvg under DP at ``epsilon`` per site: more noisy steps where the budget affords them
     (the noise per step grows only with their square root). With secure aggregation one step
-    per round (a site's own noise protects only the sum of one step), as many rounds."""
+    per round (a site's own noise protects only the sum of one step): the default 80 up to
+    epsilon 1, then as many as without it."""
     steps = 120 if epsilon <= 1 else 300 if epsilon <= 3 else 600
-    return FedAvgSettings(rounds=steps, local_steps=1) if secure else FedAvgSettings(rounds=steps // 10,
-                                                                                   local_steps=10)
+    if secure:
+        return FedAvgSettings(rounds=None if epsilon <= 1 else steps, local_steps=1)
+    return FedAvgSettings(rounds=steps // 10, local_steps=10)
 
 
 def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False,
@@ -192,7 +194,7 @@ def bench_syft(mnist, work: Path) -> dict:
             "round_ratios": [a["seconds"] / b["seconds"] for a, b in zip(syft_hist[1:], sim_hist[1:], strict=True)]}
 
 
-def bench_demo(work: Path, repeats: int = 2) -> dict:
+def bench_demo(work: Path, repeats: int = 3) -> dict:
     times = []
     for i in range(repeats):
         t = time.perf_counter()
@@ -201,10 +203,12 @@ def bench_demo(work: Path, repeats: int = 2) -> dict:
         times.append(time.perf_counter() - t)
         if done.returncode != 0:
             raise RuntimeError(f"demo failed: {done.stderr[-500:]}")
-    m = json.loads((work / "demo0" / "metrics.json").read_text())
+    runs = [json.loads((work / f"demo{i}" / "metrics.json").read_text()) for i in range(repeats)]
+    m = runs[0]
     print(f"demo {statistics.median(times):.1f} s", flush=True)
     return {"seconds_median": statistics.median(times), "seconds": times, "repeats": repeats,
-            "final": m["final"]["global_test_accuracy"],
+            "finals": [r["final"]["global_test_accuracy"] for r in runs],
+            "secure_aggregation": "secure_aggregation" in m["config"],
             "epsilon_spent": {k: v["epsilon"] for k, v in m["final"].get("epsilon_spent", {}).items()},
             "local_only": {k: v["test_accuracy"] for k, v in m.get("baselines", {}).get("local_only", {}).items()}}
 
@@ -285,7 +289,7 @@ def bench_dp_curve(mnist) -> dict:
                 row = {"sites": n, **private_run(sites, epsilon, mnist, secure)}
                 rows.append(row)
                 print(f"dp curve {n} sites epsilon {epsilon} secure {secure}: {100 * row['final']:.2f}%", flush=True)
-    return {"rows": rows, "defaults": PRIVATE_DEFAULTS}
+    return {"rows": rows, "defaults": PRIVATE_DEFAULTS, "secure_defaults": SECURE_PRIVATE_DEFAULTS}
 
 
 def bench_dp_syft(mnist, work: Path) -> list[dict]:
@@ -424,9 +428,9 @@ def write_markdown(results: dict) -> None:
         d = r["demo"]
         lines += ["## `fl-syft demo` end to end", "",
                   f"Median {d['seconds_median']:.1f} s over {d['repeats']} runs "
-                  f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, training, "
-                  "report, shutdown. "
-                  f"Final accuracy {100 * d['final']:.2f}%"
+                  f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, training"
+                  + (" with secure aggregation" if d.get("secure_aggregation") else "") + ", report, shutdown. "
+                  f"Final accuracy {', '.join(f'{100 * a:.2f}%' for a in d['finals'])}"
                   + (f"; epsilon spent per site {', '.join(f'{k} {v:.3f}' for k, v in d['epsilon_spent'].items())} "
                      "(the default policy: 1 per site)" if d.get("epsilon_spent") else "") + ".", ""]
     if "scaling" in r:
@@ -468,12 +472,12 @@ def write_markdown(results: dict) -> None:
             how = " (secure aggregation)" if x.get("secure_aggregation") else ""
             lines.append(f"| {x['sites']}{how} | {eps} | {x['noisy_steps_per_site'] or '-'} | "
                          f"{100 * x['final']:.2f}% | {spent} |")
-        used = r["dp-curve"]["defaults"]  # the DP defaults when it was measured
+        used, sec = r["dp-curve"]["defaults"], r["dp-curve"]["secure_defaults"]  # the defaults it ran with
         lines += ["", f"delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step "
                   f"{used['lr']:g} in the {used['frequencies']} x {used['frequencies']} lowest image frequencies, "
                   f"momentum {used['momentum']:g} carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, "
-                  "60 above; with secure "
-                  "aggregation one noisy step per round, the same number of steps as rounds (120, 300, 600), each "
+                  f"60 above; with secure aggregation one noisy step per round (step {sec['lr']:g}, momentum "
+                  f"{sec['momentum']:g}), {sec['rounds']} rounds up to epsilon 1, then 300 and 600, each "
                   "site adding 1/sqrt(threshold) of the noise (threshold 2 of 2, 6 of 10). The noise "
                   "multiplier spends the epsilon exactly (dp-accounting, analytic Gaussian). The row count each site "
                   "publishes once costs epsilon ~0.03 of the total. No DP: FedAvg, 30 rounds x 20 lbfgs iterations.",

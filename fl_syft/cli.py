@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import sys
@@ -94,9 +95,9 @@ def add_algorithm_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", type=Path, default=None,
                    help="write metrics.json, model.npz, checkpoint.npz, and at the end the report here")
     g.add_argument("--overwrite", action="store_true", help="replace the run an existing --out holds")
-    g.add_argument("--secure-aggregation", action="store_true",
+    g.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                    help="the scientist learns only the sum of the sites' updates each round (fedavg; the sites' "
-                        "owners list each other as peers: fl-syft launch does)")
+                        "owners list each other as peers: fl-syft launch does); default on in demo")
     g.add_argument("--epsilon", type=float, default=None,
                    help="under the sites' differential privacy: what this run may spend per site (default: what the "
                         "site with the least left has left); the noise is set to spend exactly that")
@@ -334,7 +335,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     log.info("simulating %d sites (%s), %s", len(sites), spec.kind, algo.name)
     config = _config(args, "simulate", partition=asdict(spec))
     train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out,
-                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=args.secure_aggregation,
+                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=bool(args.secure_aggregation),
                      pooled=shards)
     return 0
 
@@ -411,7 +412,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mnist = load_mnist(args.data)
     sites = connect(addresses, password, required_functions(algo, bool(args.baselines)), args.approval_timeout)
     train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=out, resilience=res, resume=resume,
-                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=args.secure_aggregation)
+                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=bool(args.secure_aggregation))
     return 0
 
 
@@ -421,20 +422,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fl_syft.scientist.connect import connect, ds_password, read_connection
     from fl_syft.scientist.pipeline import check_run, required_functions, train_and_report
 
+    # Secure aggregation by default (FedAvg only): the scientist sees sums, and under DP the sum
+    # carries the noise of one mechanism instead of one per site.
+    secure = args.secure_aggregation
+    if secure is None:
+        secure = (args.algorithm or "fedavg") == "fedavg"
     algo, opts = algorithm(args), _launch_options(args, "demo")
     res = resilience(args, opts.partition.n_sites)
     check_run(algo, res, out=args.out, overwrite=args.overwrite)
     mnist = load_mnist(args.data)
     baselines = args.baselines is not False  # on by default in demo
     with Deployment(opts) as deployment:
-        print_table(deployment.start(), deployment.connection_file, opts.host)
+        # Importing PySyft takes ~5 s: do it while the sites start.
+        print_table(deployment.start(while_starting=lambda: importlib.import_module("syft")),
+                    deployment.connection_file, opts.host)
         addresses = read_connection(deployment.connection_file)
         sites = connect(addresses, ds_password(deployment.connection_file), required_functions(algo, baselines),
                         args.approval_timeout)
         partition = {} if opts.keep else {"partition": asdict(opts.partition)}
         config = _config(args, "demo", **partition, datasites=[asdict(a) for a in addresses])
         train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out, resilience=res,
-                         baselines=baselines, epsilon=args.epsilon, secure=args.secure_aggregation)
+                         baselines=baselines, epsilon=args.epsilon, secure=secure)
     return 0
 
 

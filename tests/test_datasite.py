@@ -1,4 +1,4 @@
-"""The datasite's cache of decoded arrays (pure; the PySyft tests run it for real)."""
+"""The datasite's caches of decoded arrays and asset reads (pure; the PySyft tests run them for real)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from fl_syft.owner.datasite import DecodedArrayCache
+from fl_syft.owner.datasite import AssetReads, DecodedArrayCache
 
 
 class Decoder:
@@ -83,3 +83,61 @@ def test_the_execution_history_is_loaded_only_when_read():
     history = LazyHistory(lambda: loads.append(1) or ["first", "last"])
     assert loads == []
     assert len(history) == 2 and history[-1] == "last" and loads == [1]
+
+
+class Stash:
+    """A database's action-object store: what ``get`` returns for whom, counting real reads."""
+
+    def __init__(self, objects: dict) -> None:
+        self.objects, self.reads = objects, 0
+
+    def get(self, uid, credentials, has_permission=False):
+        from syft.types.result import Ok
+
+        self.reads += 1
+        return Ok(self.objects[uid.id])
+
+    def set_or_update(self, context, action_object):
+        self.objects[action_object.id.id] = action_object
+
+    def set(self, credentials, obj, **options):
+        self.objects[obj.id.id] = obj
+
+    update = upsert = set
+
+    def delete_by_uid(self, credentials, uid):
+        self.objects.pop(uid.id)
+
+
+def twin(values: np.ndarray):
+    from syft.service.action.action_object import ActionObject
+    from syft.types.twin_object import TwinObject
+
+    return TwinObject(private_obj=ActionObject.from_obj(values), mock_obj=ActionObject.from_obj(values[:2] * 0))
+
+
+def test_root_reads_of_an_asset_are_served_from_memory_as_copies(shard):
+    asset, other = twin(shard), twin(shard[:3])
+    stash = Stash({asset.id.id: asset, other.id.id: other})
+    reads = AssetReads(stash, "root-key", {asset.id.id})
+    reads.install()
+    first, second = (stash.get(uid=asset.id, credentials="root-key").unwrap() for _ in range(2))
+    assert stash.reads == 1 and first is not second and first.private_obj is not second.private_obj
+    assert np.array_equal(second.private_obj.syft_action_data, shard)
+    first.private_obj.syft_twin_type = "set by PySyft"  # what one call sets stays out of the next
+    assert stash.get(uid=asset.id, credentials="root-key").unwrap().private_obj.syft_twin_type != "set by PySyft"
+    stash.get(uid=asset.id, credentials="a scientist")  # anyone else: the store and its permission checks
+    stash.get(uid=other.id, credentials="root-key")  # not an asset
+    assert stash.reads == 3
+
+
+def test_a_write_to_an_asset_is_read_afresh(shard):
+    asset = twin(shard)
+    stash = Stash({asset.id.id: asset})
+    AssetReads(stash, "root-key", {asset.id.id}).install()
+    stash.get(uid=asset.id, credentials="root-key")
+    replaced = twin(shard[::-1].copy())
+    replaced.id = asset.id
+    stash.set_or_update(None, action_object=replaced)
+    got = stash.get(uid=asset.id, credentials="root-key").unwrap()
+    assert stash.reads == 2 and np.array_equal(got.private_obj.syft_action_data, shard[::-1])

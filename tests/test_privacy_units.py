@@ -210,3 +210,37 @@ def test_one_row_moves_a_noiseless_step_by_at_most_the_clip():
     moved = np.sqrt(np.sum((with_row["coef"] - without["coef"]) ** 2)
                     + np.sum((with_row["intercept"] - without["intercept"]) ** 2))
     assert 0 < moved <= 1.0 * 1.0 / 3000 * (1 + 1e-3)
+
+
+def test_secure_rounds_apply_the_sites_momentum_step_to_the_sum(tmp_path, monkeypatch):
+    """Under secure aggregation a site gets the model alone and only its step direction is summed;
+    the scientist's momentum on the sum gives the model and velocity that averaging the sites'
+    own momentum steps gives (the same noise drawn in both)."""
+    from fl_syft.common.secagg import summable
+    from fl_syft.scientist.algorithms.fedavg import FedAvgSettings, PrivateFedAvg, SecurePrivateFedAvg
+    from fl_syft.scientist.secagg import Round
+
+    settings = FedAvgSettings(rounds=2, local_steps=1, lr=3.0, momentum=0.8, frequencies=10)
+    the_plan = plan(statuses(tmp_path), releases=2).to_dict()
+    plain, secure = PrivateFedAvg(settings, the_plan), SecurePrivateFedAvg(settings, the_plan, threshold=2)
+    shards, rows = [synthetic_shard(3000), synthetic_shard(2000, seed=1)], [2990, 2010]  # noisy counts
+    rng = np.random.default_rng(5)
+    model = {"coef": rng.normal(0, 0.01, (10, 784)), "intercept": rng.normal(0, 0.1, 10),
+             "velocity_coef": rng.normal(0, 0.01, (10, 784)), "velocity_intercept": rng.normal(0, 0.1, 10)}
+
+    def answers(params: dict) -> dict[str, dict]:
+        config = plain.site_config()
+        out = {}
+        for i, (shard, n) in enumerate(zip(shards, rows, strict=True)):
+            monkeypatch.setattr(np.random, "default_rng", lambda *_, i=i: np.random.Generator(np.random.PCG64(i)))
+            out[f"site-{i + 1}"] = ml_experiment(shard, params, private(config, rows=n))
+        return out
+
+    expected = plain.aggregate(model, answers(model))
+    sent = {key: model[key] for key in SecurePrivateFedAvg.SENT}
+    summed = sum(summable(r, list(secure.fields), secure.weight) for r in answers(sent).values())
+    secure._round = Round(summed, ["site-1", "site-2"], {})
+    got = secure.aggregate(model, {})
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-12)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -153,20 +154,21 @@ class Deployment:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> list[dict]:
+    def start(self, while_starting: Callable[[], object] | None = None) -> list[dict]:
         """Start every site, wait until all answer, write the connection file; return the table.
+        ``while_starting()`` runs once the sites are spawned, before waiting for them.
 
         Everything that can be checked is checked before anything is written: the state
         directory's lock (a running deployment's directory is never touched), the ports, the
         data and the saved state to keep. On failure the lock is released again."""
         self.lock.acquire()
         try:
-            return self._start()
+            return self._start(while_starting)
         except BaseException:
             self.stop()
             raise
 
-    def _start(self) -> list[dict]:
+    def _start(self, while_starting: Callable[[], object] | None) -> list[dict]:
         opts, setups = self.opts, self.opts.setups()
         for setup in setups:
             lingering = holder(self.state / setup.name)
@@ -212,6 +214,8 @@ class Deployment:
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
             self.procs[setup.name] = self._spawn(spec)
+        if while_starting:
+            while_starting()
         table = self._wait_ready()
         write_json(self.connection_file, {"datasites": [
             {"name": s.name, "url": f"http://{_client_host(s.host)}", "port": s.port, "ds_email": s.ds_email}

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def ds_password(connection_file: Path | None) -> Password:
                        f"{connection_file}")
 
 
+# Python 3.11's ``ast`` module is not thread-safe ("AST constructor recursion depth mismatch"):
+# parsing source (our fingerprints, PySyft's syft_function) takes this lock.
+_PARSING = threading.Lock()
 _quiet_lock = threading.Lock()
 _quiet_users = 0
 _real_stdout = sys.stdout
@@ -166,11 +170,12 @@ class SyftSite:
         import syft as sy
         from syft.types.errors import SyftException
 
-        name, wanted = fn.__name__, fingerprint_of(fn)
+        with _PARSING:
+            name, wanted = fn.__name__, fingerprint_of(fn)
         if self._request(name, wanted) is None:
             policy = sy.MixedInputPolicy(client=self.client, data=self.asset, global_params=dict, config=dict)
             try:
-                with quiet():
+                with quiet(), _PARSING:
                     self.client.code.request_code_execution(sy.syft_function(input_policy=policy)(fn))
             except SyftException as e:
                 if "already exists" not in one_line(e):
@@ -193,11 +198,10 @@ class SyftSite:
     def _request(self, name: str, wanted: str):
         """Our request for function ``name`` with exactly the fingerprint ``wanted`` (not an
         older, different version of it)."""
-        for request in reversed(self.client.requests.get_all()):
-            code = request.code
-            if code.service_func_name == name and _fingerprint_or_none(code.raw_code) == wanted:
-                return request
-        return None
+        codes = [(request, request.code) for request in reversed(self.client.requests.get_all())]
+        with _PARSING:
+            return next((request for request, code in codes
+                         if code.service_func_name == name and _fingerprint_or_none(code.raw_code) == wanted), None)
 
     def privacy(self) -> dict:
         """The site's published privacy status: its owner's policy and what its ledger has spent
@@ -251,8 +255,10 @@ class SyftSite:
             with quiet():
                 try:
                     # A securely aggregated call's config changes every round: sent as is.
-                    sent = config if "secagg" in config else self._upload_once(config)
-                    return self._calls[name](data=self.asset, global_params=global_params, config=sent).get()
+                    sent = self._pointer(config) if "secagg" in config else self._upload_once(config)
+                    pointer = self._calls[name](data=self.asset, global_params=self._pointer(global_params),
+                                                config=sent)
+                    return self._result(pointer)
                 except Exception:
                     self._uploaded.clear()  # a retry uploads the config again, in case the site lost it
                     raise
@@ -266,15 +272,40 @@ class SyftSite:
                                     f"({e.__class__.__name__}); is the datasite still running?") from None
 
     def _upload_once(self, config: dict):
-        """A pointer to ``config`` on this datasite. PySyft uploads every plain argument anew
-        (several requests) on each call; the config is the same every round, so send it once."""
-        from syft.service.action.action_object import convert_to_pointers
-
+        """A pointer to ``config`` on this datasite: the config is the same every round, so send it once."""
         key = repr(sorted(config.items()))
         if key not in self._uploaded:
-            api = self.client.api
-            self._uploaded[key] = convert_to_pointers(api, api.server_uid, kwargs={"config": config})[1]["config"]
+            self._uploaded[key] = self._pointer(config)
         return self._uploaded[key]
+
+    def _pointer(self, value: object):
+        """``value`` stored on this datasite, in one request. (PySyft's own upload of a call's
+        arguments first asks the site's metadata, each time, whether the value is large enough for
+        blob storage; the metadata was read at login. A large value still goes PySyft's way.)"""
+        from syft.service.action.action_object import ActionObject, convert_to_pointers
+        from syft.service.blob_storage.util import can_upload_to_blob_storage
+
+        api = self.client.api
+        if can_upload_to_blob_storage(value, self.client.metadata).unwrap():
+            return convert_to_pointers(api, api.server_uid, kwargs={"value": value})[1]["value"]
+        stored = ActionObject.from_obj(syft_action_data=value, syft_client_verify_key=api.signing_key.verify_key,
+                                       syft_server_location=api.server_uid)
+        stored.syft_server_uid, stored.syft_action_saved_to_blob_store = api.server_uid, False
+        return api.services.action.set(stored)
+
+    def _result(self, pointer) -> object:
+        """What a call's result ``pointer`` holds, in one request (``pointer.get()`` also asks for
+        the storage permission, only to print a warning)."""
+        from syft.service.action.action_object import ActionObject
+        from syft.types.errors import SyftException
+        from syft.types.result import Err
+
+        result = self.client.api.services.action.get(pointer.id)
+        if not isinstance(result, ActionObject):
+            raise SyftException(public_message=str(result))
+        if issubclass(result.syft_action_data_type, Err):
+            raise SyftException(public_message=str(result.syft_action_data.err()))
+        return result.syft_action_data
 
 
 def _bind_user_code(client, code):
@@ -283,9 +314,9 @@ def _bind_user_code(client, code):
     from syft.client.api import generate_remote_function
 
     api = client.api
-    # ``config`` goes as a pointer (see SyftSite._upload_once): the client-side type check must
-    # not ask for a plain dict; the datasite's input policy still checks what the pointer holds.
-    params = [p.replace(annotation=inspect.Parameter.empty) if p.name == "config" else p
+    # ``global_params`` and ``config`` go as pointers (see SyftSite._pointer): the client-side type
+    # check must not ask for a plain dict; the datasite's input policy still checks what they hold.
+    params = [p.replace(annotation=inspect.Parameter.empty) if p.name in ("global_params", "config") else p
               for p in code.signature.parameters.values()]
     signature = code.signature.replace(parameters=params)
     return generate_remote_function(api, api.server_uid, signature, "code.call", api.make_call,
@@ -326,19 +357,33 @@ def _login(address: SiteAddress, password: Password):
 def connect(addresses: list[SiteAddress], password: Password, functions: tuple[Callable, ...],
             approval_timeout: float = 60.0) -> list[SyftSite]:
     """Log into every site (all reachable, each a different server, before anything is
-    submitted), then get each of the vetted ``functions`` approved on each."""
-    sites = [SyftSite(address, password) for address in addresses]
+    submitted), then get each of the vetted ``functions`` approved on each. Sites are
+    contacted concurrently; an error names the first failing site in the order given."""
+    sites = _each_site(lambda address: SyftSite(address, password), addresses)
     seen: dict[str, SyftSite] = {}
     for site in sites:
         first = seen.setdefault(str(site.client.id), site)
         if first is not site:
             raise ConnectError(f"{_where(first.address)} and {_where(site.address)} are the same datasite "
                                f"({site.name}): give each datasite once")
-    for site in sites:
+
+    def approve(site: SyftSite) -> SyftSite:
         for fn in functions:
             site.request_approval(fn, approval_timeout)
             log.info("%s: %s approved", site.name, fn.__name__)
-    return sites
+        return site
+
+    return _each_site(approve, sites)
+
+
+def _each_site(step: Callable, items: list) -> list:
+    """``step(item)`` for every item at once (a datasite answers slowly: logins alone take ~1.5 s);
+    the results in order, or the first item's error in that order."""
+    if len(items) < 2:
+        return [step(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), 16)) as pool:
+        futures = [pool.submit(step, item) for item in items]
+        return [future.result() for future in futures]
 
 
 def _where(address: SiteAddress) -> str:

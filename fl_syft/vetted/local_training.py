@@ -55,9 +55,6 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         cfg = {**dp_defaults, **config}
         clip, rows, sigma = float(cfg["privacy"]["clip"]), float(cfg["privacy"]["rows"]), float(cfg["noise_multiplier"])
         rng = np.random.default_rng()  # fresh OS entropy: noise no caller can choose, predict or replay
-        X = data[:, :n_features].astype(np.float32) / np.float32(255.0)
-        row_norms = np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)  # ||[x, 1]||: the bias is a feature too
-        every = np.arange(len(labels))
         # Orthonormal 2-D DCT-II rows of the k x k lowest frequencies, (k*k, 784). Projecting the
         # clipped sum (a contraction: sensitivity still clip) and noising only its k*k coordinates
         # puts k*k/784 of the noise into the model: digits are smooth, so little signal is lost.
@@ -71,15 +68,25 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                                      ("velocity_coef", (n_classes, n_features)), ("velocity_intercept", (n_classes,)))}
         W, b, vW, vb = params["coef"], params["intercept"], params["velocity_coef"], params["velocity_intercept"]
         for _ in range(cfg["local_steps"]):
-            z = X @ W.T.astype(np.float32) + b.astype(np.float32)
-            z -= z.max(axis=1, keepdims=True)
-            P = np.exp(z)
-            P /= P.sum(axis=1, keepdims=True)
-            P[every, labels] -= 1.0  # row i's gradient is P[i] (outer) [x_i, 1]; its norm |P[i]| * |[x_i, 1]|
-            P *= np.minimum(1.0, clip / np.maximum(np.linalg.norm(P, axis=1) * row_norms, 1e-12))[:, None]
-            noisy = (P.T @ X).astype(np.float64) @ basis.T + rng.normal(0.0, sigma * clip, (n_classes, k * k))
-            gW = noisy @ basis
-            gb = P.sum(axis=0, dtype=np.float64) + rng.normal(0.0, sigma * clip, b.shape)
+            # The sum of the rows' clipped gradients, 512 rows at a time: a block's pixels are
+            # scaled and used while in cache (a full float copy of the shard makes every pass
+            # memory-bound, 2-3x slower).
+            Wt, b32 = W.T.astype(np.float32), b.astype(np.float32)
+            gW, gb = np.zeros((n_classes, n_features)), np.zeros(n_classes)
+            for start in range(0, len(labels), 512):
+                X = data[start:start + 512, :n_features].astype(np.float32)
+                X *= np.float32(1.0 / 255.0)
+                z = X @ Wt + b32
+                z -= z.max(axis=1, keepdims=True)
+                P = np.exp(z)
+                P /= P.sum(axis=1, keepdims=True)
+                P[np.arange(len(P)), labels[start:start + 512]] -= 1.0  # row i's gradient: P[i] (outer) [x_i, 1]
+                norms = np.linalg.norm(P, axis=1) * np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)
+                P *= np.minimum(1.0, clip / np.maximum(norms, 1e-12))[:, None]
+                gW += P.T @ X
+                gb += P.sum(axis=0, dtype=np.float64)
+            gW = (gW @ basis.T + rng.normal(0.0, sigma * clip, (n_classes, k * k))) @ basis
+            gb += rng.normal(0.0, sigma * clip, b.shape)
             vW = cfg["momentum"] * vW + gW / rows + cfg["l2"] * W
             vb = cfg["momentum"] * vb + gb / rows
             W, b = W - cfg["lr"] * vW, b - cfg["lr"] * vb
