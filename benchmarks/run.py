@@ -69,7 +69,7 @@ def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False,
     secure_seconds = [r["secure_aggregation"]["seconds"] for r in outcome.history[1:] if "secure_aggregation" in r]
     return {"epsilon": epsilon, "secure_aggregation": secure, "final": outcome.history[-1]["global_test_accuracy"],
             "rounds": len(outcome.history),
-            "noisy_steps_per_site": (settings.rounds or 0) * (settings.local_steps or 0) if epsilon else 0,
+            "noisy_steps_per_site": len(outcome.history) * (settings.local_steps or 0) if epsilon else 0,
             "epsilon_spent_max": max(spent) if epsilon else None, "wall_seconds": wall,
             "median_round_seconds": median_round(outcome.history),
             "secure_split": {k: statistics.median(t[k] for t in secure_seconds) for k in secure_seconds[0]}
@@ -430,7 +430,7 @@ def write_markdown(results: dict) -> None:
                   f"Median {d['seconds_median']:.1f} s over {d['repeats']} runs "
                   f"({', '.join(f'{t:.1f}' for t in d['seconds'])} s): launch 2 datasites, approval, training"
                   + (" with secure aggregation" if d.get("secure_aggregation") else "") + ", report, shutdown. "
-                  f"Final accuracy {', '.join(f'{100 * a:.2f}%' for a in d['finals'])}"
+                  f"Final accuracy {', '.join(f'{100 * a:.2f}%' for a in d.get('finals') or [d['final']])}"
                   + (f"; epsilon spent per site {', '.join(f'{k} {v:.3f}' for k, v in d['epsilon_spent'].items())} "
                      "(the default policy: 1 per site)" if d.get("epsilon_spent") else "") + ".", ""]
     if "scaling" in r:
@@ -472,7 +472,8 @@ def write_markdown(results: dict) -> None:
             how = " (secure aggregation)" if x.get("secure_aggregation") else ""
             lines.append(f"| {x['sites']}{how} | {eps} | {x['noisy_steps_per_site'] or '-'} | "
                          f"{100 * x['final']:.2f}% | {spent} |")
-        used, sec = r["dp-curve"]["defaults"], r["dp-curve"]["secure_defaults"]  # the defaults it ran with
+        used = r["dp-curve"]["defaults"]  # the defaults it ran with (before 2026-11-24 secure runs used these, 120)
+        sec = r["dp-curve"].get("secure_defaults") or {**used, "rounds": 120}
         lines += ["", f"delta 1e-5 per site; DP FedAvg: 10 noisy gradient steps per site and round (clip 1, step "
                   f"{used['lr']:g} in the {used['frequencies']} x {used['frequencies']} lowest image frequencies, "
                   f"momentum {used['momentum']:g} carried across rounds), 12 rounds up to epsilon 1, 30 up to 3, "
