@@ -198,10 +198,13 @@ class SyftSite:
     def _request(self, name: str, wanted: str):
         """Our request for function ``name`` with exactly the fingerprint ``wanted`` (not an
         older, different version of it)."""
-        codes = [(request, request.code) for request in reversed(self.client.requests.get_all())]
-        with _PARSING:
-            return next((request for request, code in codes
-                         if code.service_func_name == name and _fingerprint_or_none(code.raw_code) == wanted), None)
+        for request in reversed(self.client.requests.get_all()):
+            code = request.code
+            if code.service_func_name == name:
+                with _PARSING:
+                    if _fingerprint_or_none(code.raw_code) == wanted:
+                        return request
+        return None
 
     def privacy(self) -> dict:
         """The site's published privacy status: its owner's policy and what its ledger has spent
