@@ -1,10 +1,10 @@
 """Secure aggregation, the data scientist's side: relay the sites' keys and shares, add the masked
 updates, unmask the sum. The scientist learns the sum of the surviving sites' updates and nothing else.
 
-Per round every site makes two calls: one protocol call (``Site.secagg``: the previous round's
-unmasking shares and this round's sealed Shamir shares for its peers), then the vetted function
-itself, whose update the site's guard masks before it leaves (and which carries the site's keys
-for the next round). A site that fails after sharing its keys is recovered from the others'
+Per round every site takes three calls: a protocol call (``Site.secagg``: this round's sealed
+Shamir shares for its peers), the vetted function itself, whose update the site's guard masks
+before it leaves (and which carries the site's keys for the next round), and a protocol call
+with its shares for unmasking the sum. A site that fails after sharing its keys is recovered from the others'
 shares (threshold t of n); below the threshold the round fails and nothing is unmasked.
 """
 
@@ -44,7 +44,6 @@ class SecureSum:
         self.threshold, self.pool, self.resilience = threshold, pool, resilience
         self.session = secrets.token_hex(16)
         self.adverts: dict[str, dict] | None = None  # the next round's signed keys, per site
-        self.pending: dict | None = None  # the last round, not unmasked yet
 
     def round(self, rnd: int, function: str, params: dict, config: dict, fields: list[str],
               weight: str | None) -> Round:
