@@ -212,6 +212,9 @@ def _add_owner_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     g.add_argument("--state-dir", type=Path, default=Path(".fl-syft"), help="datasite state (default .fl-syft/)")
     g.add_argument("--keep", action="store_true", help="reuse existing datasite state instead of starting fresh")
+    g.add_argument("--reset-privacy-budget", action="store_true",
+                   help="start the privacy budget of the sites' rows again (else rows served before keep what they "
+                        "spent, fresh start or not); the old ledger is kept, renamed, and the reset audited")
     g.add_argument("--db-url", default=None, metavar="URL",
                    help="keep datasite state in PostgreSQL (postgresql://USER:PW@HOST:PORT/DB; one DB per site)")
 
@@ -359,7 +362,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("{keep} serves the rows the site already holds: drop {data}" if args.keep else
                           "{data} is needed: the rows to serve (idx:DIR, FILE.npz or FILE.csv)")
     opts = ServeOptions(data=args.data, name=args.name, port=args.port, host=args.host, state_dir=args.state_dir,
-                        keep=args.keep, db_url=args.db_url, verbose=args.verbose, policy=owner_policy_from(args))
+                        keep=args.keep, reset_privacy_budget=args.reset_privacy_budget, db_url=args.db_url,
+                        verbose=args.verbose, policy=owner_policy_from(args))
     opts.check()
     with Deployment(opts) as deployment:
         table = deployment.start()
@@ -458,8 +462,8 @@ def _launch_options(args: argparse.Namespace, command: str):
             raise ConfigError(f"{_fields(given)}: {{keep}} restarts the sites with the rows they hold: drop them")
     spec = partition_spec(args)
     opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
-                         state_dir=args.state_dir, keep=args.keep, db_url=args.db_url, verbose=args.verbose,
-                         command=command, policy=owner_policy_from(args))
+                         state_dir=args.state_dir, keep=args.keep, reset_privacy_budget=args.reset_privacy_budget,
+                         db_url=args.db_url, verbose=args.verbose, command=command, policy=owner_policy_from(args))
     opts.check()
     return opts
 

@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from fl_syft.owner.approval import vetted_functions
 from fl_syft.owner.datasite import shard_sha256, site_policy_from
 from fl_syft.owner.guard import Guard, Refused
 from fl_syft.owner.launch import owner_policy, site_names
 from fl_syft.owner.ledger import Ledger
 from fl_syft.owner.secagg import SecAggSite
 from fl_syft.scientist.rounds import SiteRefused
-
-_VETTED = vetted_functions()
 
 
 @dataclass
@@ -36,9 +33,7 @@ class LocalSite:
 
     def call(self, function: str, global_params: dict, config: dict) -> dict:
         try:
-            admitted = self.guard.admit(function, global_params, config, requester="simulate")
-            return self.guard.finish(function, config, global_params,
-                                     _VETTED[function](self.shard, global_params, admitted))
+            return self.guard.call(function, self.shard, global_params, config, requester="simulate")
         except Refused as e:
             raise SiteRefused(f"{self.name} refused {function}: {e}") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def function_from_source(source: str, name: str, folder: Path):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # inspect finds a class's source through its module
     spec.loader.exec_module(module)
     return getattr(module, name)
 
@@ -89,3 +91,18 @@ def running_deployment(data: str, state: Path, sites: int = 2, policy: dict | No
     with Deployment(opts) as d:
         d.table = d.start()
         yield d
+
+
+def new_scientist(deployment, name: str, index: int = 0):
+    """A fresh data-scientist account on every site, logged in to site ``index`` (PySyft refuses
+    the same code twice from one user, so each attack gets its own)."""
+    from fl_syft.owner.launch import ADMIN_EMAIL
+
+    secrets = json.loads((deployment.state / "secrets.json").read_text())
+    email = f"{name}@example.com"
+    for i in range(len(deployment.specs)):
+        admin = login(deployment.connection_file, i, email=ADMIN_EMAIL, password=secrets["admin_password"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            admin.users.create(name=name, email=email, password="hostile-pw-1", password_verify="hostile-pw-1")
+    return login(deployment.connection_file, index, email=email, password="hostile-pw-1")
+

@@ -12,12 +12,10 @@ from fl_syft.owner.approval import allow_list, decide
 from fl_syft.vetted.local_training import ml_experiment
 
 SOURCE = textwrap.dedent(inspect.getsource(ml_experiment))
-ASSET = "asset-of-this-site"
-INPUTS = {"data": ("asset", ASSET), "global_params": ("plain", "dict"), "config": ("plain", "dict")}
 
 
-def judged(name: str = "ml_experiment", source: str = SOURCE, inputs: dict = INPUTS):
-    return decide(name, source, inputs, ASSET, allow_list())
+def judged(name: str = "ml_experiment", source: str = SOURCE):
+    return decide(name, source, allow_list())
 
 
 def test_the_vetted_function_on_this_sites_asset_is_approved():
@@ -26,19 +24,17 @@ def test_the_vetted_function_on_this_sites_asset_is_approved():
     assert decision.fingerprint == fingerprint(SOURCE)
 
 
-@pytest.mark.parametrize("name, source, inputs, reason", [
-    ("ml_experiment", SOURCE.replace('"local_iters": 20', '"local_iters": 2000'), INPUTS,
+# The request-level rules (one change, PySyft's own policies, this site's asset) need PySyft
+# objects: tests/test_hostile_requests.py submits such requests to real datasites.
+@pytest.mark.parametrize("name, source, reason", [
+    ("ml_experiment", SOURCE.replace('"local_iters": 20', '"local_iters": 2000'),
      "differs from the vetted fl_syft version (submit fl_syft.vetted.local_training.ml_experiment unchanged)"),
-    ("train", SOURCE.replace("def ml_experiment(", "def train("), INPUTS, "'train' is not on this site's allow-list"),
-    ("ml_experiment", SOURCE, {**INPUTS, "extra": ("plain", "dict")}, "inputs must be data=<this site's asset>"),
-    ("ml_experiment", SOURCE, {**INPUTS, "data": ("asset", "another-site")}, "inputs must be data=<this site's asset>"),
-    ("ml_experiment", SOURCE, {**INPUTS, "config": ("plain", "list")}, "got config=plain, data=asset"),
-    ("ml_experiment", SOURCE, {**INPUTS, "<policy>": ("other", "CustomInputPolicy")}, "inputs must be"),
-    ("ml_experiment", SOURCE + "\ndef helper():\n    pass\n", INPUTS, "not a single function definition"),
-    ("ml_experiment", "def ml_experiment(:", INPUTS, "not a single function definition"),
+    ("train", SOURCE.replace("def ml_experiment(", "def train("), "'train' is not on this site's allow-list"),
+    ("ml_experiment", SOURCE + "\ndef helper():\n    pass\n", "not a single function definition"),
+    ("ml_experiment", "def ml_experiment(:", "not a single function definition"),
 ])
-def test_everything_else_is_denied_with_a_reason(name, source, inputs, reason):
-    decision = judged(name, source, inputs)
+def test_everything_else_is_denied_with_a_reason(name, source, reason):
+    decision = judged(name, source)
     assert not decision.approve and decision.reason.startswith("denied:")
     assert reason in decision.reason
 

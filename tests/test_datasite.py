@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from fl_syft.owner.datasite import AssetReads, DecodedArrayCache
+from fl_syft.owner.syft_patches import AssetReads, DecodedArrayCache
 
 
 class Decoder:
@@ -76,8 +76,8 @@ def test_holds_at_most_capacity_arrays(shard):
 
 def test_the_execution_history_is_loaded_only_when_read():
     """PySyft reads a call's history only when its output policy refuses; a call must not pay for
-    every earlier call otherwise (see datasite._flat_call_cost)."""
-    from fl_syft.owner.datasite import LazyHistory
+    every earlier call otherwise (see syft_patches.flat_call_cost)."""
+    from fl_syft.owner.syft_patches import LazyHistory
 
     loads = []
     history = LazyHistory(lambda: loads.append(1) or ["first", "last"])

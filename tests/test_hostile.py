@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from syft_helpers import audit, function_from_source, login, running_deployment, submit
+from syft_helpers import audit, function_from_source, login, new_scientist, running_deployment, submit
 
 from fl_syft.owner.launch import ADMIN_EMAIL
 from fl_syft.scientist.connect import connect, ds_password, read_connection
@@ -21,16 +21,6 @@ VETTED_SOURCE = textwrap.dedent(inspect.getsource(ml_experiment))
 @pytest.fixture(scope="module")
 def deployment(small_idx, tmp_path_factory):
     yield from running_deployment(f"idx:{small_idx}", tmp_path_factory.mktemp("state"))
-
-
-def attacker(deployment, name: str, index: int = 0):
-    """A fresh data-scientist account (PySyft refuses the same code twice from one user)."""
-    secrets = json.loads((deployment.state / "secrets.json").read_text())
-    email = f"{name}@example.com"
-    for i in range(len(deployment.specs)):
-        admin = login(deployment.connection_file, i, email=ADMIN_EMAIL, password=secrets["admin_password"])
-        admin.users.create(name=name, email=email, password="hostile-pw-1", password_verify="hostile-pw-1")
-    return login(deployment.connection_file, index, email=email, password="hostile-pw-1")
 
 
 def changed(old: str, new: str) -> str:
@@ -52,21 +42,21 @@ def test_hostile_requests_are_all_denied(deployment, tmp_path):
         except Exception as e:  # PySyft refused it before the approver saw it: also not approved
             tried[case] = f"refused at submission: {type(e).__name__}"
 
-    attempt("returns its data", attacker(deployment, "h1"), leak)
+    attempt("returns its data", new_scientist(deployment, "h1"), leak)
     one_line = function_from_source(changed('"local_iters": 20', '"local_iters": 2000'), "ml_experiment", tmp_path)
-    attempt("ml_experiment with one changed line", attacker(deployment, "h2"), one_line,
+    attempt("ml_experiment with one changed line", new_scientist(deployment, "h2"), one_line,
             global_params=dict, config=dict)
     body = function_from_source("def ml_experiment(data, global_params, config):\n    return {'coef': data}\n",
                                 "ml_experiment", tmp_path)
-    attempt("vetted name, different body", attacker(deployment, "h3"), body, global_params=dict, config=dict)
+    attempt("vetted name, different body", new_scientist(deployment, "h3"), body, global_params=dict, config=dict)
     other_asset = login(deployment.connection_file, 1).datasets[0].assets[0]
-    attempt("vetted function on another site's asset", attacker(deployment, "h4"), ml_experiment,
+    attempt("vetted function on another site's asset", new_scientist(deployment, "h4"), ml_experiment,
             asset=other_asset, global_params=dict, config=dict)
-    attempt("vetted function with an extra argument", attacker(deployment, "h5"), ml_experiment,
+    attempt("vetted function with an extra argument", new_scientist(deployment, "h5"), ml_experiment,
             global_params=dict, config=dict, extra=dict)
-    attempt("vetted function with config as a list", attacker(deployment, "h6"), ml_experiment,
+    attempt("vetted function with config as a list", new_scientist(deployment, "h6"), ml_experiment,
             global_params=dict, config=list)
-    burst = attacker(deployment, "h7")
+    burst = new_scientist(deployment, "h7")
     burst_asset = burst.datasets[0].assets[0]
     started = time.monotonic()
     for i in range(100):

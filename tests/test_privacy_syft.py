@@ -10,7 +10,7 @@ from conftest import error_line
 from syft_helpers import audit, run_notebook, running_deployment
 
 from fl_syft.cli import main
-from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port, owner_policy
+from fl_syft.owner.launch import owner_policy
 
 pytestmark = pytest.mark.syft
 
@@ -75,15 +75,3 @@ def test_the_notebook_shows_the_budget_and_what_the_run_spent(deployment, small_
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "site-1: record-level differential privacy: epsilon 4" in printed and "spent so far: epsilon" in printed
     assert "site-1: epsilon spent" in printed and "of 4 (delta 1e-05); left" in printed
-
-
-def test_a_fresh_start_over_the_same_rows_says_it_resets_the_budget(small_idx, tmp_path, caplog):
-    opts = LaunchOptions(data=f"idx:{small_idx}", base_port=free_base_port(2), state_dir=tmp_path / "state",
-                         policy=owner_policy())
-    with Deployment(opts) as d:
-        d.start()  # publishing the row count already spends a little
-    opts.base_port = free_base_port(2)
-    with Deployment(opts) as d:
-        d.start()
-    assert any("starting afresh over the same rows resets their privacy budget" in r.getMessage()
-               for r in caplog.records)

@@ -118,10 +118,53 @@ def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp
 
 def test_guard_refuses_hostile_models_and_other_functions(tmp_path):
     g = guard(tmp_path)
-    with pytest.raises(Refused, match="global_params coef must be finite numbers of shape"):
-        g.admit("ml_experiment", {"coef": np.full((10, 784), np.inf), "intercept": np.zeros(10)}, DP)
+    for coef in (np.full((10, 784), np.inf), np.full((10, 784), 1e39), np.zeros((10, 784), object),
+                 np.zeros((10, 784)).tolist()):
+        with pytest.raises(Refused, match=re.escape("global_params coef must be a numpy array of finite numbers "
+                                                    "within +-10000, shape (10, 784)")):
+            g.admit("ml_experiment", {"coef": coef, "intercept": np.zeros(10)}, DP)
     with pytest.raises(Refused, match="lr_loss_grad is not allowed under this site's policy"):
         g.admit("lr_loss_grad", ZEROS, {})
+
+
+def adversarial_models(bound: float) -> list[dict]:
+    """Models at the edges of what a site admits: every sign pattern that maximises or cancels logits,
+    one class far above the rest, subnormal entries, and random extremes."""
+    rng = np.random.default_rng(0)
+    signs = np.where(np.arange(784) % 2, 1.0, -1.0)
+    return [
+        {"coef": np.full((10, 784), bound), "intercept": np.full(10, -bound)},
+        {"coef": np.outer(np.where(np.arange(10) % 2, 1.0, -1.0), signs) * bound, "intercept": np.full(10, bound)},
+        {"coef": np.vstack([np.full((1, 784), bound), np.full((9, 784), -bound)]), "intercept": np.zeros(10)},
+        {"coef": np.full((10, 784), 5e-324), "intercept": np.full(10, 1e-310)},
+        {"coef": rng.choice([-bound, bound], (10, 784)), "intercept": rng.choice([-bound, bound], 10),
+         "velocity_coef": rng.choice([-bound, bound], (10, 784)), "velocity_intercept": np.full(10, bound)},
+    ]
+
+
+def outcome(g: Guard, rows: np.ndarray, model: dict, config: dict) -> tuple:
+    """What the scientist learns of a call besides its values: success or the refusal, keys, shapes, finiteness."""
+    try:
+        result = g.call("ml_experiment", rows, model, config)
+    except Refused as e:
+        return ("refused", str(e))
+    return ("ok", tuple(sorted(result)), tuple(np.shape(result[k]) for k in sorted(result)),
+            all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in result.values()))
+
+
+def test_every_admitted_model_gives_a_finite_answer_of_one_shape_on_neighbouring_rows(tmp_path):
+    """Totality: for models at the edges of the admitted range, the call succeeds with a finite answer
+    of the same shape whether or not a row is in the data (one row removed, or one crafted row added)."""
+    g = guard(tmp_path)
+    rows = synthetic_shard(3000)
+    crafted = np.zeros((1, 785), np.uint8)
+    crafted[0, :784] = 255  # the row the overflow attack singled out: every pixel at its maximum
+    config = {**DP, "noise_multiplier": 1e6}
+    for model in adversarial_models(g.policy.model_bound):
+        seen = {outcome(g, neighbour, model, config) for neighbour in (rows, rows[1:], np.vstack([rows, crafted]))}
+        assert len(seen) == 1, seen
+        assert seen.pop()[0:1] == ("ok",)
+        assert outcome(g, rows, model, config)[3] is True
 
 
 def test_guard_charges_private_runs_before_they_run_and_not_the_mock(tmp_path):

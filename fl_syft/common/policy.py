@@ -41,6 +41,9 @@ class PrivacyPolicy:
     ``min_noise``: the lowest noise multiplier (noise std / clip) a call may ask for.
     ``min_rows``: no call trains or evaluates on fewer rows (with or without DP).
     ``count_noise``: std, in rows, of the row count the site publishes once (charged once).
+    ``model_bound``: every entry of a model a call sends must be finite and within +-this (what
+    keeps the vetted steps total: no row's logits can overflow; see ``owner.guard``).
+    ``storage_quota_mb``: what each scientist's account may make the site store (uploads, requests).
     ``peers``: the federation's sites (name -> the datasite's verify key, hex) this site runs
     secure aggregation with; ``threshold``: how many of them a sum needs (> half; default the
     smallest majority); ``require_secure_aggregation``: refuse calls without it.
@@ -52,6 +55,8 @@ class PrivacyPolicy:
     min_noise: float = 0.5
     min_rows: int = 50
     count_noise: float = 100.0
+    model_bound: float = 1e4
+    storage_quota_mb: float = 1024.0
     peers: dict = field(default_factory=dict)
     threshold: int | None = None
     require_secure_aggregation: bool = False
@@ -76,8 +81,14 @@ class PrivacyPolicy:
         if rows is not None and self.dp and not self.delta < 1 / rows:
             raise ConfigError(f"{{dp_delta}} {self.delta:g} must be below 1/rows = {1 / rows:.2g} ({rows} rows): "
                               "a larger delta allows releasing a row outright")
-        if not self.clip > 0 or not self.min_noise > 0 or not self.count_noise > 0:
-            raise ConfigError("{dp_clip}, the noise floor and the count noise must be > 0")
+        if not 1e-3 <= self.clip <= 1e3:
+            raise ConfigError(f"{{dp_clip}} must be within 1e-3..1e3, got {self.clip:g}")
+        if not self.min_noise > 0 or not self.count_noise > 0:
+            raise ConfigError("the policy's min_noise and count_noise must be > 0")
+        if not 1.0 <= self.model_bound <= 1e6:
+            raise ConfigError(f"the policy's model_bound must be within 1..1e6, got {self.model_bound:g}")
+        if not self.storage_quota_mb > 0:
+            raise ConfigError(f"the policy's storage_quota_mb must be > 0, got {self.storage_quota_mb:g}")
         if self.min_rows < 1:
             raise ConfigError(f"{{min_rows}} must be at least 1, got {self.min_rows}")
         if rows is not None and rows < self.min_rows:

@@ -10,7 +10,9 @@ Primitives come from maintained libraries: ``cryptography`` (X25519, HKDF-SHA256
 ChaCha20 as the mask generator, ChaCha20-Poly1305 for the shares in transit) and
 ``pycryptodome`` (Shamir secret sharing over GF(2^128)); this module only composes them.
 
-Fixed point: 2^-24 resolution, values within +-2^39 (about 5.5e11) survive the modular sum.
+Fixed point: 2^-24 resolution; a sum stays exact while its absolute value is below 2^63 / 2^24 = 2^39
+(about 5.5e11): :func:`quantize` clamps each site's values so that the sum of all its peers' cannot
+pass that.
 """
 
 from __future__ import annotations
@@ -21,15 +23,26 @@ import json
 import numpy as np
 
 SCALE_BITS = 24
-LIMIT = 2.0 ** 39  # |any summed value| must stay below this (2^63 / 2^24)
+LIMIT = 2.0 ** 39  # |any summed value| must stay below this (2^63 / 2^24); quantize keeps it under 2^38
 
 
-def quantize(x: np.ndarray) -> np.ndarray:
-    """Floats -> uint64 fixed point (two's complement, mod 2^64). Raises ValueError out of range."""
-    x = np.asarray(x, np.float64)
-    if not np.all(np.isfinite(x)) or np.abs(x).max(initial=0.0) >= LIMIT:
-        raise ValueError(f"values must be finite and within +-{LIMIT:.3g} for secure aggregation")
-    return np.round(x * 2.0 ** SCALE_BITS).astype(np.int64).view(np.uint64)
+def quantize(x: np.ndarray, parties: int) -> np.ndarray:
+    """Floats -> uint64 fixed point (two's complement, mod 2^64), for a sum over at most ``parties``
+    sites. Total and deterministic: it never refuses (a refusal on values would be an outcome that
+    depends on the private rows): a non-finite value becomes 0 and every value is clamped into
+    +-2^38 / parties, so the sum of ``parties`` of them stays within +-2^38 (< 2^39) and never wraps.
+
+    Under the guard's bounds clamping does not trigger in practice: what is summed is model entries
+    and step directions (the guard keeps a received model within the owner's ``model_bound``,
+    default 1e4) weighted by at most the site's rows (MNIST: at most 6e4), plus DP noise of std
+    noise_multiplier * clip: with the defaults below about 1e9, while 2^38 / parties is 5.5e10 for
+    5 sites and 2.7e9 for 100. Should an absurd value reach it, the clamp is a fixed function of
+    that value (the same input always gives the same output; no randomness, no refusal)."""
+    if isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
+        raise TypeError(f"parties must be a positive int, got {parties!r}")
+    x = np.nan_to_num(np.asarray(x, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    bound = 2.0 ** 38 / parties
+    return np.round(np.clip(x, -bound, bound) * 2.0 ** SCALE_BITS).astype(np.int64).view(np.uint64)
 
 
 def dequantize(v: np.ndarray) -> np.ndarray:
@@ -132,9 +145,14 @@ def keys_message(session: str, rnd: int, site: str, c_pk: bytes, s_pk: bytes) ->
     return json.dumps(["fl-syft secagg keys", session, rnd, site, c_pk.hex(), s_pk.hex()]).encode()
 
 
-def model_message(session: str, rnd: int, site: str, model: str) -> bytes:
-    """What a site signs when it masks its update: the model it received."""
-    return json.dumps(["fl-syft secagg model", session, rnd, site, model]).encode()
+def consistency_message(session: str, rnd: int, survivors: list[str], mask_set: list[str], model: str,
+                        contribution: str) -> bytes:
+    """What each survivor signs, once per round, before any share is revealed (Bonawitz et al.'s
+    consistency check): the survivor set, the sites it masked with, the model it masked for and the
+    digest of what it was asked to contribute. A site reveals shares only if every survivor signed
+    exactly the tuple it holds itself."""
+    return json.dumps(["fl-syft secagg consistency", session, rnd, sorted(survivors), sorted(mask_set), model,
+                       contribution]).encode()
 
 
 def verify(verify_key_hex: str, message: bytes, signature: bytes) -> bool:

@@ -9,7 +9,6 @@ auto-approver, and serves the PySyft API with uvicorn until SIGTERM/SIGINT.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -97,8 +96,9 @@ def build_server(spec: SiteSpec):
     )
 
 
-def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -> int:
-    """Create the scientist's account and upload the shard unless present; return rows held.
+def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -> np.ndarray:
+    """Create the scientist's account and upload the shard unless present; return the rows held
+    (the guard's own copy: what the vetted functions run on).
 
     On a kept state the admin's and the scientist's passwords are set to the spec's, so a
     password changed between starts (FL_SYFT_*_PASSWORD) is the one that works."""
@@ -116,19 +116,30 @@ def ensure_accounts_and_data(server, spec: SiteSpec, shard: np.ndarray | None) -
             root.account.set_password(spec.admin_password, confirm=False)
     existing = [d for d in root.datasets.get_all() if d.name == dataset_name(spec.name)]
     if existing:
-        return int(existing[0].assets[ASSET_NAME].data.shape[0])  # .shape would be the mock's
+        return np.asarray(existing[0].assets[ASSET_NAME].data)
     if shard is None:
         raise RuntimeError(f"{spec.name}: no dataset in the kept state and no shard to upload; "
                            "start without --keep")
+    # What a scientist reads without a call says nothing of the rows: no row count in the text, the
+    # mock's shape as the asset's (PySyft's default), and no size (PySyft records the data's MB).
     dataset = sy.Dataset(
         name=dataset_name(spec.name),
-        description=(f"Private MNIST shard of {spec.name}: {len(shard)} rows x 785 uint8 columns "
-                     "(784 pixels 0..255, then the label 0..9). The mock is synthetic noise."),
+        description=(f"Private MNIST shard of {spec.name}: rows of 785 uint8 columns (784 pixels 0..255, then "
+                     "the label 0..9); the site publishes its row count only with noise. The mock is synthetic."),
     )
     dataset.add_asset(sy.Asset(name=ASSET_NAME, data=shard, mock=synthetic_mock(seed=spec.port)))
     root.upload_dataset(dataset)
+    _forget_size(server, dataset_name(spec.name))
     log.info("%s: uploaded %d rows", spec.name, len(shard))
-    return len(shard)
+    return shard
+
+
+def _forget_size(server, name: str) -> None:
+    stash = server.services.dataset.stash
+    for stored in stash.get_all(server.verify_key).unwrap():
+        if stored.name == name:
+            stored.mb_size = None
+            stash.update(server.verify_key, stored).unwrap()
 
 
 def dataset_name(site: str) -> str:
@@ -137,26 +148,32 @@ def dataset_name(site: str) -> str:
 
 def run_site(spec: SiteSpec) -> None:
     """Build, prepare and serve one datasite until SIGTERM/SIGINT (blocking)."""
-    from fl_syft.owner.approval import Approver
+    from fl_syft.owner import guard as guards
+    from fl_syft.owner import syft_patches
+    from fl_syft.owner.approval import Approver, reject_unapplied
     from fl_syft.owner.audit import AuditLog
     from fl_syft.owner.state import StateLock
 
     StateLock(spec.dir, f"datasite {spec.name}").acquire()  # held until this process ends
     shard_path = spec.dir / "shard.npy"
     shard = np.load(shard_path) if shard_path.exists() else None
+    syft_patches.before_server()
     server = build_server(spec)
-    rows = ensure_accounts_and_data(server, spec, shard)
+    private = ensure_accounts_and_data(server, spec, shard)
+    rows = len(private)
     if shard is not None:  # what the ledger belongs to: these rows, whichever deployment serves them
         write_json(spec.dir / "data.json", {"sha256": shard_sha256(shard), "rows": rows})
     shard_path.unlink(missing_ok=True)  # the datasite holds it now; no second copy on disk
     del shard
 
-    _keep_decoded_arrays()
-    _flat_call_cost()
-    _read_assets_from_memory(server)
+    syft_patches.keep_decoded_arrays()
+    syft_patches.flat_call_cost()
+    syft_patches.read_assets_from_memory(server)
     audit = AuditLog(spec.dir / "audit.jsonl", spec.name)
-    guard = _install_guard(server, spec, rows, audit)
-    approver = Approver(server.root_client, _request_counter(server), spec.name, audit)
+    approver = Approver(server.root_client, _request_counter(server), spec.name, audit, reject_unapplied(server))
+    guard = _install_guard(server, spec, private, audit, approver.vet)
+    quota = syft_patches.ScientistQuota(spec.dir / "quota.json", int(guard.policy.storage_quota_mb * 2 ** 20))
+    syft_patches.scientist_api(server, quota, endpoints=frozenset({guards.STATUS_PATH}))
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
     _exit_with_parent()
     write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid(),
@@ -181,17 +198,20 @@ def site_policy_from(policy: dict, rows: int) -> PrivacyPolicy:
     return site
 
 
-def _install_guard(server, spec: SiteSpec, rows: int, audit):
-    """The owner's guard for this site, installed between PySyft and the vetted code, and its
-    privacy status published as the API endpoint ``fl_syft.privacy``."""
+def _install_guard(server, spec: SiteSpec, private: np.ndarray, audit, vet: Callable[[object], object]):
+    """The owner's guard for this site, the only runner of code on ``private`` (the site's rows;
+    ``vet`` re-checks a call's code), and its privacy status published as the API endpoint
+    ``fl_syft.privacy``."""
     from fl_syft.owner import guard as guards
-    from fl_syft.owner.ledger import Ledger
+    from fl_syft.owner.ledger import open_site_ledger
 
+    rows = len(private)
     policy = site_policy_from(spec.policy, rows)
     ledger = None
     if policy.dp:
         data = json.loads((spec.dir / "data.json").read_text())
-        ledger = Ledger(spec.dir / "privacy-ledger.jsonl", data["sha256"], policy.epsilon, policy.delta)
+        # The rows' ledger, in the owner's store (<state root>/ledgers/): a fresh start keeps it.
+        ledger = open_site_ledger(spec.dir, data["sha256"], policy.epsilon, policy.delta)
     secure = None
     if policy.peers:
         from fl_syft.owner.secagg import SecAggSite
@@ -204,8 +224,8 @@ def _install_guard(server, spec: SiteSpec, rows: int, audit):
         guard.publish_row_count()
     root = server.root_client
     # An unknown key is still audited, by its key.
-    guards.install(guard, np.asarray(root.datasets[0].assets[0].mock),
-                   lambda key: guards.account_email(server, key) or str(key))
+    guards.install(guard, private, np.asarray(root.datasets[0].assets[0].mock),
+                   lambda key: guards.account_email(server, key) or str(key), vet)
     guards.publish_status(root)
     log.info("%s: %s", spec.name, policy.describe())
     return guard
@@ -224,151 +244,6 @@ def _request_counter(server) -> Callable[[], int]:
             return int(connection.exec_driver_sql(sql).scalar_one())
 
     return count
-
-
-class DecodedArrayCache:
-    """Decode a large array stored in the site's database once, not on every read.
-
-    PySyft 0.9.5 reads a call's asset from its database row three times per call (argument
-    flattening, input-policy check, kwargs filtering), each time base64-decoding and
-    deserializing the whole shard: ~0.2 s of a core per call for 28,000 rows. The stored text
-    is compared in full (a memcmp, ~3 ms) so a changed row is decoded afresh; the shared
-    array is read-only, so no call can alter what the next one sees.
-    """
-
-    def __init__(self, decode: Callable[[str], object], min_chars: int = 1 << 20, capacity: int = 4) -> None:
-        self.decode, self.min_chars, self.capacity = decode, min_chars, capacity  # small text decodes fast
-        self.entries: list[tuple[str, np.ndarray]] = []  # most recent first
-        self.lock = threading.Lock()  # uvicorn serves calls from several threads
-
-    def __call__(self, text: str) -> object:
-        if len(text) < self.min_chars:
-            return self.decode(text)
-        with self.lock:
-            for i, (seen, array) in enumerate(self.entries):
-                if seen == text:  # str == checks the length first, then one memcmp
-                    self.entries.insert(0, self.entries.pop(i))
-                    return array
-        value = self.decode(text)
-        if isinstance(value, np.ndarray):
-            value.flags.writeable = False
-            with self.lock:
-                self.entries = [(text, value), *self.entries][: self.capacity]
-        return value
-
-
-class LazyHistory:
-    """An execution history loaded only if someone looks at it."""
-
-    def __init__(self, load: Callable[[], list]):
-        self._load, self._items = load, None
-
-    def _all(self) -> list:
-        if self._items is None:
-            self._items = self._load()
-        return self._items
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __getitem__(self, index):
-        return self._all()[index]
-
-
-def _flat_call_cost() -> None:
-    """Keep the cost of a call flat however many calls came before.
-
-    PySyft 0.9.5 loads an approved function's whole execution history on every call: once in
-    ``UserCodeService._call`` (read only when the output policy refuses, to return a cached
-    output) and once to count executions for ``OutputPolicyExecuteCount.is_valid``, whose
-    answer it then ignores (upstream issue #9391). Round time grew ~2x over 240 rounds. Here the
-    history loads only when read, and ``is_valid`` answers what PySyft does with it anyway. The
-    site's own controls (approver, guard, privacy ledger) do not use either.
-    """
-    from syft.service.code.user_code import UserCode
-    from syft.service.policy.policy import OutputPolicyExecuteCount
-    from syft.types.result import Ok
-
-    load = UserCode.get_output_history
-
-    def lazy_history(self, context):
-        return Ok(LazyHistory(lambda: load(self, context).unwrap()))
-
-    UserCode.get_output_history = lazy_history
-    OutputPolicyExecuteCount.is_valid = lambda self, context=None: True
-
-
-class AssetReads:
-    """The site's assets, as PySyft reads them for itself, from memory after the first read.
-
-    PySyft 0.9.5 reads a call's asset three times per call (argument flattening, input-policy
-    check, kwargs filtering), each time as root: a ~30 MB row fetched from the database and
-    parsed, ~60 ms of a core per call. Only root reads of the listed objects are served here
-    (anyone else's read goes to the database and its permission checks), each as a fresh
-    shallow copy, since PySyft sets attributes on what it reads; the arrays themselves are
-    read-only (:class:`DecodedArrayCache`). A write to a listed object through the stash forgets it.
-    """
-
-    WRITES = ("set", "update", "upsert", "delete_by_uid", "set_or_update")
-
-    def __init__(self, stash, root_key, uids: set) -> None:
-        self.stash, self.root_key, self.uids = stash, root_key, set(uids)
-        self.read = stash.get
-        self.held: dict = {}
-        self.lock = threading.Lock()
-
-    def install(self) -> None:
-        self.stash.get = self.get
-        for name in self.WRITES:
-            setattr(self.stash, name, self._forgetting(getattr(self.stash, name)))
-
-    def get(self, uid, credentials, has_permission: bool = False):
-        from syft.types.result import Ok
-
-        key = uid.id
-        if key not in self.uids or credentials != self.root_key:
-            return self.read(uid=uid, credentials=credentials, has_permission=has_permission)
-        with self.lock:
-            held = self.held.get(key)
-        if held is None:
-            held = self.read(uid=uid, credentials=credentials, has_permission=has_permission).unwrap()
-            with self.lock:
-                self.held[key] = held
-        return Ok(_shallow(held))
-
-    def _forgetting(self, write):
-        def forget_then_write(*args, **kwargs):
-            for value in (*args, *kwargs.values()):
-                key = getattr(value, "id", value)
-                key = getattr(key, "id", key)  # a LineageID's UID
-                with self.lock:
-                    self.held.pop(key, None)
-            return write(*args, **kwargs)
-
-        return forget_then_write
-
-
-def _shallow(obj):
-    """A copy of ``obj`` (an ActionObject or TwinObject) whose attributes can be set without
-    touching ``obj``; the data inside is shared. (``copy.copy``: pydantic's ``model_copy`` runs
-    PySyft's attribute hooks, ~5 ms.)"""
-    from syft.types.twin_object import TwinObject
-
-    twin = copy.copy(obj)
-    if isinstance(obj, TwinObject):
-        twin.private_obj, twin.mock_obj = copy.copy(obj.private_obj), copy.copy(obj.mock_obj)
-    return twin
-
-
-def _read_assets_from_memory(server) -> None:
-    assets = [asset.action_id for dataset in server.root_client.datasets.get_all() for asset in dataset.assets]
-    AssetReads(server.services.action.stash, server.verify_key, {uid.id for uid in assets}).install()
-
-
-def _keep_decoded_arrays() -> None:
-    from syft.serde import json_serde
-
-    json_serde._deserialize_from_json_bytes = DecodedArrayCache(json_serde._deserialize_from_json_bytes)
 
 
 def _run_uvicorn(server, host: str, port: int, guard) -> None:

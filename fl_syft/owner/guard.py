@@ -12,10 +12,11 @@ vetted code in a datasite process; ``fl_syft.simulate`` calls the same :class:`G
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +28,17 @@ from fl_syft.common.model import N_CLASSES, N_FEATURES
 from fl_syft.common.policy import PrivacyPolicy
 from fl_syft.common.secagg import model_hash
 from fl_syft.common.secagg import summable as secagg_vector
+from fl_syft.owner.approval import vetted_functions
 from fl_syft.owner.ledger import BudgetExceeded, Ledger
-from fl_syft.owner.secagg import SecAggRefused, SecAggSite
+from fl_syft.owner.secagg import SecAggSite
+from fl_syft.owner.secagg_args import SecAggRefused, parse_secure
 
 log = logging.getLogger("fl_syft.guard")
 
 RESERVED = "privacy"  # the config key only the site sets
 SECAGG = "secagg"  # the config key of a securely aggregated call (read and removed by the site)
+TINY = 1e-30  # model entries smaller than this in magnitude count as 0 (see canonical_params)
+VETTED = vetted_functions()  # the owner's own installed functions: the only code run on the rows
 PARAM_SHAPES = {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
                 "velocity_coef": (N_CLASSES, N_FEATURES), "velocity_intercept": (N_CLASSES,)}
 
@@ -82,15 +87,15 @@ class Guard:
             raise Refused(f"{function} is not allowed under this site's policy "
                           f"({'differential privacy' if self.policy.dp else 'no DP'}; allowed: "
                           f"{', '.join(self.policy.functions())})")
-        if not isinstance(config, dict):
-            raise Refused(f"config must be a dict, got {type(config).__name__}")
+        if type(config) is not dict or not all(type(k) is str for k in config):
+            raise Refused("config must be a dict with string keys")
         secure = config.get(SECAGG)
         config = {k: v for k, v in config.items() if k != SECAGG}
         if secure is None and self.policy.require_secure_aggregation:
             raise Refused("this site requires secure aggregation: run with --secure-aggregation")
         if secure is not None:
             self._check_secure(secure, config)
-        _check_params(global_params, allow_velocity=self.policy.dp)
+        _check_params(global_params, allow_velocity=self.policy.dp, bound=self.policy.model_bound)
         _check_config(config, bounds, self.policy.min_noise)
         if on_private_rows:
             self._check_rows(function, config)
@@ -113,12 +118,26 @@ class Guard:
         if self.secagg is None:
             raise Refused("this site has no secure-aggregation peers in its policy (its owner lists them: "
                           "fl-syft launch does, fl-syft serve takes --peers)")
-        if not isinstance(secure, dict) or not {"session", "rnd", "peers", "shares", "fields", "weight"} <= \
-                set(secure):
-            raise Refused("config secagg must hold session, rnd, peers, shares, fields and weight")
+        try:
+            secure = parse_secure(secure)
+        except SecAggRefused as e:
+            raise Refused(str(e)) from None
+        peers = set(secure["peers"])  # checked again when masking; here before anything is charged
+        if self.site not in peers or not peers <= set(self.secagg.peers) or len(peers) < self.secagg.threshold:
+            raise Refused(f"config secagg peers must be at least {self.secagg.threshold} of this site's peers "
+                          f"({', '.join(sorted(self.secagg.peers))}), this site among them")
         if self.policy.dp and config.get("local_steps") != 1:
             raise Refused("with secure aggregation each site adds only 1/sqrt(threshold) of the noise variance, "
                           "which protects the sum of one step, not a site's own trajectory: local_steps must be 1")
+
+    def call(self, function: str, rows: np.ndarray, global_params: object, config: object, requester: str = "",
+             on_private_rows: bool = True) -> object:
+        """Run ``function`` on ``rows`` the only way this site runs anything on them: admitted
+        (bounds, charge), then the owner's own installed vetted function (never code from a
+        request) on canonical copies of the arguments, then :meth:`finish`."""
+        admitted = self.admit(function, global_params, config, requester, on_private_rows)
+        result = VETTED[function](rows, canonical_params(global_params), admitted)
+        return self.finish(function, config, global_params, result, on_private_rows)
 
     def finish(self, function: str, config: dict, global_params: dict, result: object,
                on_private_rows: bool = True) -> object:
@@ -133,30 +152,26 @@ class Guard:
         except (KeyError, TypeError, ValueError) as e:
             raise Refused(f"cannot sum {secure['fields']} weighted by {secure['weight']}: {e}") from None
         if not on_private_rows:  # PySyft's run on the mock: shaped like the real answer, nothing kept
-            return {"masked": np.zeros(len(vector), np.uint64), "model_signature": b"", "next_keys": {},
-                    "mask_seconds": 0.0}
+            return {"masked": np.zeros(len(vector), np.uint64), "next_keys": {}, "mask_seconds": 0.0}
         started = time.perf_counter()
         try:
             masked = self.secagg.mask(secure["session"], secure["rnd"], secure["peers"], secure["shares"],
-                                      model_hash(global_params), vector)
+                                      model_hash(global_params), vector,
+                                      contribution=contribution(function, config, secure))
             masked["next_keys"] = self.secagg.advertise(secure["session"], int(secure["rnd"]) + 1)
         except (SecAggRefused, ValueError) as e:
             raise Refused(str(e)) from None
         masked["mask_seconds"] = time.perf_counter() - started  # depends on the vector's length, not on rows
         return masked
 
-    def secagg_steps(self, steps: dict) -> dict:
-        """The protocol steps asked for (``advertise``, ``share_keys``, ``unmask``), in that order."""
+    def secagg_steps(self, steps: object) -> dict:
+        """The protocol steps asked for, as :meth:`SecAggSite.steps` takes them (checked there)."""
         if self.secagg is None:
             raise Refused("this site has no secure-aggregation peers in its policy")
-        out = {}
         try:
-            for step in ("unmask", "advertise", "share_keys"):
-                if step in steps:
-                    out[step] = getattr(self.secagg, step)(**steps[step])
-        except (SecAggRefused, TypeError, KeyError) as e:
+            return self.secagg.steps(steps)
+        except SecAggRefused as e:
             raise Refused(str(e)) from None
-        return out
 
     def _check_rows(self, function: str, config: dict) -> None:
         """No call trains or evaluates on fewer than ``min_rows`` rows (with or without DP)."""
@@ -176,25 +191,49 @@ class Guard:
         return doc
 
 
-def _check_params(params: object, allow_velocity: bool) -> None:
-    if not isinstance(params, dict):
+def _check_params(params: object, allow_velocity: bool, bound: float) -> None:
+    """A model this site computes on: exact dict of exact numpy arrays of the published shapes,
+    every entry finite and within +-``bound`` (the owner's ``model_bound``). The bound is what makes
+    the vetted steps total: with pixels in [0, 1] every logit stays within +-785 * bound, far
+    inside float32 and float64, so no row's outcome can overflow (see ``vetted.local_training``)."""
+    if type(params) is not dict:
         raise Refused(f"global_params must be a dict, got {type(params).__name__}")
     allowed = set(PARAM_SHAPES) if allow_velocity else {"coef", "intercept"}
-    unknown = sorted(set(params) - allowed)
+    unknown = sorted(map(repr, set(params) - allowed))
     if unknown:
-        raise Refused(f"unknown global_params keys {unknown}; allowed: {sorted(allowed)}")
+        raise Refused(f"unknown global_params keys {', '.join(unknown)}; allowed: {sorted(allowed)}")
     if params and not {"coef", "intercept"} <= set(params):
         raise Refused("global_params must be {} or hold both coef and intercept")
     for key, value in params.items():
-        array = np.asarray(value)
-        if array.shape != PARAM_SHAPES[key] or not np.issubdtype(array.dtype, np.number) \
-                or not np.all(np.isfinite(array)):
-            raise Refused(f"global_params {key} must be finite numbers of shape {PARAM_SHAPES[key]}")
+        if type(value) is not np.ndarray or value.dtype.kind not in "fiu" or value.shape != PARAM_SHAPES[key] \
+                or not np.all(np.isfinite(value)) or np.abs(value).max(initial=0) > bound:
+            raise Refused(f"global_params {key} must be a numpy array of finite numbers within +-{bound:g}, "
+                          f"shape {PARAM_SHAPES[key]}")
+
+
+def canonical_params(params: dict) -> dict:
+    """Float64 copies of an admitted model, entries below 1e-30 in magnitude set to 0: subnormal
+    numbers take a slow path in the CPU, which would make a step's time depend on the rows they meet."""
+    out = {}
+    for key, value in params.items():
+        array = np.array(value, dtype=np.float64)
+        array[np.abs(array) < TINY] = 0.0
+        out[key] = array
+    return out
+
+
+def contribution(function: str, config: dict, secure: dict) -> str:
+    """What a site is asked to add to a secure sum (function, settings, fields, weight), as a digest
+    every site of the sum signs: sites asked to contribute different things never unmask."""
+    asked = {k: v for k, v in config.items() if k != SECAGG}
+    doc = json.dumps([function, sorted((k, repr(v)) for k, v in asked.items()), list(secure["fields"]),
+                      secure["weight"]])
+    return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def _check_config(config: object, bounds: dict, min_noise: float) -> None:
-    if not isinstance(config, dict):
-        raise Refused(f"config must be a dict, got {type(config).__name__}")
+    if type(config) is not dict or not all(type(k) is str for k in config):
+        raise Refused("config must be a dict with string keys")
     if RESERVED in config:
         raise Refused(f"config key {RESERVED!r} is set by the data owner's site, not by the caller")
     unknown = sorted(set(config) - set(bounds))
@@ -212,10 +251,9 @@ def _check_config(config: object, bounds: dict, min_noise: float) -> None:
             continue
         low, high = bound
         low = min_noise if low is None else low
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-                or not low <= value <= high:
+        if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
             raise Refused(f"config {key}={value!r} is outside this site's bounds [{low:g}, {high:g}]")
-        if isinstance(low, int) and isinstance(high, int) and not isinstance(value, numbers.Integral):
+        if isinstance(low, int) and isinstance(high, int) and type(value) is not int:
             raise Refused(f"config {key}={value!r} must be an integer")
 
 
@@ -300,31 +338,31 @@ def publish_status(root_client) -> None:
             "The data owner's privacy policy for this site and the budget its ledger has spent."))(privacy_status))
 
 
-def install(guard: Guard, mock: np.ndarray, email_of: Callable[[object], str]) -> None:
-    """Put ``guard`` between PySyft 0.9.5 and every vetted function it runs in this process.
+def install(guard: Guard, rows: np.ndarray, mock: np.ndarray, email_of: Callable[[object], str],
+            vet: Callable[[object], object]) -> None:
+    """Make ``guard`` the only thing PySyft 0.9.5 runs in this process for a request's call.
 
-    PySyft runs an approved call twice, on the private asset and on the mock; both go through
-    ``execute_byte_code``. A run whose data is not the (synthetic) mock is treated as private:
-    checked, charged, then run with the site's config. ``email_of(credentials)`` names the caller.
-    """
-    from syft.service.action import action_service
+    The request's code is vetted again on every call (``vet(code) -> Decision``: fingerprint,
+    policies, inputs, as on approval), then the owner's own installed function runs through
+    :meth:`Guard.call` on ``rows`` (the site's own copy of the private rows) or, when PySyft
+    hands in the synthetic ``mock`` (its second run of each call), on the mock, uncharged.
+    Nothing of the request is executed. ``email_of(credentials)`` names the caller."""
     from syft.types.errors import SyftException
 
-    original = action_service.execute_byte_code
+    from fl_syft.owner.syft_patches import route_execution
 
-    def guarded(code_item, kwargs: dict, context):
-        function, asked = code_item.service_func_name, kwargs.get("config")
+    def run(code_item, kwargs: dict, context) -> object:
+        function = code_item.service_func_name
+        decision = vet(code_item)
+        if not decision.approve:
+            raise SyftException(public_message=f"{guard.site} refused {function}: {decision.reason}")
         data = kwargs.get("data")
-        private = not (isinstance(data, np.ndarray) and data.shape == mock.shape and np.array_equal(data, mock))
+        on_mock = type(data) is np.ndarray and data.shape == mock.shape and np.array_equal(data, mock)
         try:
-            config = guard.admit(function, kwargs.get("global_params"), asked, email_of(context.credentials),
-                                 on_private_rows=private)
-            outcome = original(code_item, {**kwargs, "config": config}, context)
-            if not outcome.errored:
-                outcome.result = guard.finish(function, asked, kwargs.get("global_params"), outcome.result, private)
-            return outcome
+            return guard.call(function, mock if on_mock else rows, kwargs.get("global_params"), kwargs.get("config"),
+                              email_of(context.credentials), on_private_rows=not on_mock)
         except Refused as e:
             raise SyftException(public_message=f"{guard.site} refused {function}: {e}") from None
 
-    action_service.execute_byte_code = guarded
+    route_execution(run)
     ACTIVE["guard"] = guard

@@ -30,6 +30,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     state_dir: Path = Path(".fl-syft")
     keep: bool = False
+    reset_privacy_budget: bool = False  # else the rows keep their budget over fresh starts
     db_url: str | None = None  # PostgreSQL URL prefix; the site's database is derived from it
     verbose: bool = False
     policy: dict = field(default_factory=owner_policy)
@@ -44,6 +45,8 @@ class ServeOptions:
             raise ConfigError(f"{{port}} {self.port} must be in 1024..65535")
         if self.db_url:
             site_db_url(self.db_url, self.name)
+        if self.policy.get("require_secure_aggregation") and not self.policy.get("peers"):
+            raise ConfigError("{require_secure_aggregation} needs the federation's peers ({peers})")
 
     def setups(self) -> list[SiteSetup]:
         return [SiteSetup(self.name, self.port, site_db_url(self.db_url, self.name) if self.db_url else None)]

@@ -1,11 +1,17 @@
 """Secure aggregation, the data scientist's side: relay the sites' keys and shares, add the masked
 updates, unmask the sum. The scientist learns the sum of the surviving sites' updates and nothing else.
 
-Per round every site takes three calls: a protocol call (``Site.secagg``: this round's sealed
+Per round every site takes four calls: a protocol call (``Site.secagg``: this round's sealed
 Shamir shares for its peers), the vetted function itself, whose update the site's guard masks
-before it leaves (and which carries the site's keys for the next round), and a protocol call
-with its shares for unmasking the sum. A site that fails after sharing its keys is recovered from the others'
-shares (threshold t of n); below the threshold the round fails and nothing is unmasked.
+before it leaves (and which carries the site's keys for the next round), a protocol call in
+which each survivor signs the survivor set (Bonawitz et al.'s consistency check: with its mask
+set, model and contribution), and a protocol call with its shares for unmasking the sum, given
+every survivor's signature. A site that fails after sharing its keys and before answering with
+its masked update is recovered from the others' shares (threshold t of n), and so is one that
+fails after confirming; below the threshold the round fails and nothing is unmasked. A site
+that masked but does not confirm fails the round: every survivor must sign the same survivor
+set, and a site signs one per round, so there is no second set to ask for (nothing is unmasked,
+its update stays hidden behind its self-mask).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ class Round:
     total: np.ndarray  # the unmasked sum of the survivors' update vectors
     survivors: list[str]
     dropped: dict[str, str]  # site -> why
-    seconds: dict[str, float] = field(default_factory=dict)  # keys, masked_update (masking within it), unmask
+    # keys, masked_update (masking within it), unmask (the consistency check within it)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class SecureSum:
@@ -82,13 +89,17 @@ class SecureSum:
         if len(set(lengths.values())) != 1:
             raise SitesFailed(f"round {rnd}: the sites' masked updates differ in length ({lengths}): a site runs "
                               "another version of the vetted function; nothing is unmasked")
-        signatures = {name: m["model_signature"] for name, m in masked.items()}
-        request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors,
-                              "model_signatures": signatures}}
-        shares, _ = self._each(survivors, lambda s: s.secagg(request))
+        confirm = {"confirm": {"session": self.session, "rnd": rnd, "survivors": survivors}}
+        signed, failed = self._each(survivors, lambda s: _signature(s.name, s.secagg(confirm)))
+        if failed:
+            raise SitesFailed(f"round {rnd}: {', '.join(sorted(failed))} masked but did not confirm the survivors "
+                              f"({'; '.join(failed.values())}): a site reveals shares only if every survivor signed "
+                              "the same survivor set, so nothing is unmasked; resume with --resume")
+        request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors, "signatures": signed}}
+        shares, failed = self._each(survivors, lambda s: s.secagg(request))
         if len(shares) < self.threshold:
             raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
-                              f"needed; nothing is unmasked; resume with --resume")
+                              f"needed ({'; '.join(failed.values())}); nothing is unmasked; resume with --resume")
         held = [answer["unmask"] for answer in shares.values()]
         total = np.zeros(lengths[survivors[0]], np.uint64)
         for m in masked.values():
@@ -96,7 +107,11 @@ class SecureSum:
         model = secagg.model_hash(params)
         for name in sharers:
             kind = "seed" if name in masked else "key"
-            secret = secagg.combine([(h[name]["index"], bytes.fromhex(h[name][kind])) for h in held if name in h])
+            parts = [(h[name]["index"], bytes.fromhex(h[name][kind])) for h in held if kind in h.get(name, {})]
+            if len(parts) < self.threshold:
+                raise SitesFailed(f"round {rnd}: {len(parts)} shares of {name}'s {kind}, {self.threshold} needed; "
+                                  "the sum cannot be unmasked; resume with --resume")
+            secret = secagg.combine(parts)
             if kind == "seed":
                 total = total - secagg.prg(secret, len(total))
             else:  # a site that shared its keys but sent no update: remove its masks from the others'
@@ -122,10 +137,18 @@ class SecureSum:
                               f"secure aggregation needs {self.threshold}; nothing is unmasked; resume with --resume")
 
 
+def _signature(site: str, answer: object) -> bytes:
+    """A site's consistency signature, or ValueError (the round then fails: see the module)."""
+    signature = answer.get("confirm") if isinstance(answer, dict) else None
+    if not isinstance(signature, bytes):
+        raise ValueError(f"{site} returned no consistency signature")
+    return signature
+
+
 def _checked(site: str, answer: object) -> dict:
     """A site's masked update, or ValueError naming what is wrong with it (the site is then
     dropped from the round and its masks recovered like a dropout's)."""
-    if not isinstance(answer, dict) or not {"masked", "model_signature", "next_keys", "mask_seconds"} <= set(answer):
+    if not isinstance(answer, dict) or not {"masked", "next_keys", "mask_seconds"} <= set(answer):
         got = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
         raise ValueError(f"{site} returned no masked update (got {got})")
     vector = np.asarray(answer["masked"])

@@ -1,0 +1,321 @@
+"""Every patch the site makes to PySyft 0.9.5, in one place: what it replaces and why.
+
+Each one sits on the path between the data scientist and the private rows, so each says what
+PySyft did, what it does instead, and which test shows PySyft's own permission checks still
+hold with it. :func:`before_server` runs before the Datasite object exists (PySyft loads the
+policy code of approved requests while it starts); the rest once the site is built.
+
+- :func:`typing_aliases_only` wraps ``recursive_primitives.deserialize_generic_alias``, which calls any
+  function a request body names, before the caller is known (test_hostile_requests).
+- :func:`never_load_user_policies` replaces ``policy.execute_policy_code``, which ``exec()``s a
+  request's custom policy class (test_hostile_requests).
+- :func:`route_execution` replaces ``action_service.execute_byte_code``, which ``exec()``s a
+  request's parsed code (test_hostile_requests).
+- :func:`scientist_api` wraps ``Server.handle_api_call_with_unsigned_result``: the services a
+  scientist's role reaches, cut to what the fl-syft client uses (test_hostile_requests).
+- :func:`keep_decoded_arrays` wraps ``json_serde._deserialize_from_json_bytes``: the shard was
+  decoded three times per call (test_datasite).
+- :func:`read_assets_from_memory` wraps the action stash's ``get`` for root reads of assets (test_datasite).
+- :func:`flat_call_cost` replaces ``UserCode.get_output_history`` and ``OutputPolicyExecuteCount.is_valid``:
+  a call's cost grew with every earlier call (test_datasite).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("fl_syft.datasite")
+
+
+def before_server() -> None:
+    """The patches that must be in place before PySyft builds (and starts) the datasite."""
+    never_load_user_policies()
+    typing_aliases_only()
+
+
+def typing_aliases_only() -> None:
+    """A request body can no longer name a function for the deserialiser to call.
+
+    PySyft 0.9.5 rebuilds a typing alias (``List[int]``) by looking up whatever ``module.attr`` the
+    body names and calling it with the body's other fields as keyword arguments
+    (``recursive_primitives.deserialize_generic_alias``), for any body, before the caller is
+    known: ``subprocess.run(args=..., shell=True)`` from an unauthenticated request. Here only
+    ``typing``'s own aliases, with exactly the fields PySyft writes, are rebuilt."""
+    from syft.serde import recursive_primitives
+    from syft.serde.deserialize import _deserialize
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    original = recursive_primitives.deserialize_generic_alias
+    fields = {"path", "__origin__", "__args__", "_paramspec_tvars"}
+
+    def typing_only(type_blob: bytes) -> type:
+        doc = _deserialize(type_blob, from_bytes=True)
+        path = doc.get("path") if type(doc) is dict else None
+        if type(path) is not str or not path.startswith("typing.") or path.count(".") != 1 or not set(doc) <= fields:
+            raise ValueError("refused: a type alias that is not one of typing's")
+        return original(type_blob)
+
+    for versions in SyftObjectRegistry.__object_serialization_registry__.values():
+        for version, entry in versions.items():
+            if entry[2] is original:
+                versions[version] = (*entry[:2], typing_only, *entry[3:])
+
+
+def never_load_user_policies() -> None:
+    """No custom policy class is ever compiled into this process.
+
+    PySyft 0.9.5 ``exec()``s a ``UserPolicy``'s source when it loads it (``execute_policy_code``:
+    at a call, and at start-up for every approved request). The approver never approves one;
+    this makes loading one fail whatever is in the database."""
+    from syft.service.code import user_code
+    from syft.service.policy import policy
+    from syft.types.errors import SyftException
+
+    def refuse(user_policy, *args, **kwargs):
+        raise SyftException(public_message="custom policies are not accepted on this site")
+
+    policy.execute_policy_code = policy.load_policy_code = user_code.load_policy_code = refuse
+    policy.init_policy = refuse
+
+
+def route_execution(run: Callable[[object, dict, object], object]) -> None:
+    """PySyft's ``execute_byte_code(code, kwargs, context)`` ``exec()``s a request's
+    ``parsed_code``, source the scientist controls and no fingerprint covers. Replaced by ``run``
+    (``owner.guard.Guard.runner``), which returns the result and never executes the request."""
+    from syft.service.action import action_service
+    from syft.service.code.user_code import UserCodeExecutionOutput
+
+    def execute(code_item, kwargs: dict, context):
+        result = run(code_item, kwargs, context)
+        return UserCodeExecutionOutput(user_code_id=code_item.id, stdout="", stderr="", result=result)
+
+    action_service.execute_byte_code = execute
+
+
+# What a data scientist's account may call on this site: the fl-syft client's whole use of PySyft.
+SCIENTIST_PATHS = frozenset({
+    "api.call", "action.get", "action.get_mock", "action.get_pointer", "action.has_storage_permission",
+    "action.is_resolved", "action.exists", "action.set", "code.call", "code.get_all", "code.get_by_id",
+    "code.get_all_for_user", "code.request_code_execution", "code_status.get_by_uid", "dataset.get_all",
+    "dataset.get_by_id", "dataset.get_by_action_id", "dataset.search", "metadata", "metadata.get_metadata", "queue",
+    "request.get_all",
+    "request.get_by_uid", "request.get_all_info", "user.get_current_user", "settings.get",
+    "notifications.get_all_unread", "notifications.resolve_object", "api.get_all", "migration._get_object",
+})
+STORING = frozenset({"action.set", "code.request_code_execution"})  # paths whose bodies the site keeps
+
+
+class ScientistQuota:
+    """Bytes each non-admin account has had stored on this site (``quota.json``, owner-only)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path, self.limit, self.lock = Path(path), int(limit), threading.Lock()
+        self.used: dict[str, int] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def take(self, account: str, size: int) -> bool:
+        with self.lock:
+            if self.used.get(account, 0) + size > self.limit:
+                return False
+            self.used[account] = self.used.get(account, 0) + size
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.used, f)
+            return True
+
+
+def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> None:
+    """Every API call of an account below data owner passes here first: only the paths the
+    fl-syft client uses (:data:`SCIENTIST_PATHS`), blocking only (no queued jobs), custom API
+    endpoints only the owner's own (``endpoints``), and whatever it makes the site store within
+    ``quota``. Everything else is refused in one line, before PySyft looks at it."""
+    from syft.client.api import SignedSyftAPICall
+    from syft.service.response import SyftError
+    from syft.service.user.user_roles import ServiceRole
+    from syft.types.errors import SyftException
+
+    handle = server.handle_api_call_with_unsigned_result
+
+    def checked(api_call, *args, **kwargs):
+        if isinstance(api_call, SignedSyftAPICall) and api_call.is_valid:  # else PySyft refuses it itself
+            try:
+                _admit(api_call)
+            except SyftException as e:  # answered like any failed call: the client raises it as one line
+                log.warning("%s: refused a data scientist's call: %s", server.name, e.public_message)
+                return SyftError(message=e.public_message)
+        return handle(api_call, *args, **kwargs)
+
+    def _admit(api_call) -> None:
+        role = server.get_role_for_credentials(credentials=api_call.credentials)
+        if role is ServiceRole.GUEST:  # PySyft treats any unknown key as a guest
+            raise SyftException(public_message="log in with an account of this site")
+        if role.value < ServiceRole.DATA_OWNER.value:
+            message = api_call.message
+            path = message.path
+            if path not in SCIENTIST_PATHS:
+                raise SyftException(public_message=f"{path} is not open to data scientists on this site")
+            if path not in ("metadata", "queue") and not message.blocking:
+                raise SyftException(public_message="only blocking calls are served to data scientists on this site")
+            if path == "api.call" and message.kwargs.get("path", (message.args or [None])[0]) not in endpoints:
+                raise SyftException(public_message="only this site's own endpoints can be called")
+            if path in STORING and not quota.take(str(api_call.credentials), len(api_call.serialized_message)):
+                raise SyftException(public_message=f"this account's storage quota on the site ({quota.limit >> 20} "
+                                                   "MiB) is used up: ask the data owner")
+
+    server.handle_api_call_with_unsigned_result = checked
+
+
+class DecodedArrayCache:
+    """Decode a large array stored in the site's database once, not on every read.
+
+    PySyft 0.9.5 reads a call's asset from its database row three times per call (argument
+    flattening, input-policy check, kwargs filtering), each time base64-decoding and
+    deserializing the whole shard: ~0.2 s of a core per call for 28,000 rows. The stored text
+    is compared in full (a memcmp, ~3 ms) so a changed row is decoded afresh; the shared
+    array is read-only, so no call can alter what the next one sees.
+    """
+
+    def __init__(self, decode: Callable[[str], object], min_chars: int = 1 << 20, capacity: int = 4) -> None:
+        self.decode, self.min_chars, self.capacity = decode, min_chars, capacity  # small text decodes fast
+        self.entries: list[tuple[str, np.ndarray]] = []  # most recent first
+        self.lock = threading.Lock()  # uvicorn serves calls from several threads
+
+    def __call__(self, text: str) -> object:
+        if len(text) < self.min_chars:
+            return self.decode(text)
+        with self.lock:
+            for i, (seen, array) in enumerate(self.entries):
+                if seen == text:  # str == checks the length first, then one memcmp
+                    self.entries.insert(0, self.entries.pop(i))
+                    return array
+        value = self.decode(text)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+            with self.lock:
+                self.entries = [(text, value), *self.entries][: self.capacity]
+        return value
+
+
+class LazyHistory:
+    """An execution history loaded only if someone looks at it."""
+
+    def __init__(self, load: Callable[[], list]):
+        self._load, self._items = load, None
+
+    def _all(self) -> list:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index):
+        return self._all()[index]
+
+
+def flat_call_cost() -> None:
+    """Keep the cost of a call flat however many calls came before.
+
+    PySyft 0.9.5 loads an approved function's whole execution history on every call: once in
+    ``UserCodeService._call`` (read only when the output policy refuses, to return a cached
+    output) and once to count executions for ``OutputPolicyExecuteCount.is_valid``, whose
+    answer it then ignores (upstream issue #9391). Round time grew ~2x over 240 rounds. Here the
+    history loads only when read, and ``is_valid`` answers what PySyft does with it anyway. The
+    site's own controls (approver, guard, privacy ledger) do not use either.
+    """
+    from syft.service.code.user_code import UserCode
+    from syft.service.policy.policy import OutputPolicyExecuteCount
+    from syft.types.result import Ok
+
+    load = UserCode.get_output_history
+
+    def lazy_history(self, context):
+        return Ok(LazyHistory(lambda: load(self, context).unwrap()))
+
+    UserCode.get_output_history = lazy_history
+    OutputPolicyExecuteCount.is_valid = lambda self, context=None: True
+
+
+class AssetReads:
+    """The site's assets, as PySyft reads them for itself, from memory after the first read.
+
+    PySyft 0.9.5 reads a call's asset three times per call (argument flattening, input-policy
+    check, kwargs filtering), each time as root: a ~30 MB row fetched from the database and
+    parsed, ~60 ms of a core per call. Only root reads of the listed objects are served here
+    (anyone else's read goes to the database and its permission checks), each as a fresh
+    shallow copy, since PySyft sets attributes on what it reads; the arrays themselves are
+    read-only (:class:`DecodedArrayCache`). A write to a listed object through the stash forgets it.
+    """
+
+    WRITES = ("set", "update", "upsert", "delete_by_uid", "set_or_update")
+
+    def __init__(self, stash, root_key, uids: set) -> None:
+        self.stash, self.root_key, self.uids = stash, root_key, set(uids)
+        self.read = stash.get
+        self.held: dict = {}
+        self.lock = threading.Lock()
+
+    def install(self) -> None:
+        self.stash.get = self.get
+        for name in self.WRITES:
+            setattr(self.stash, name, self._forgetting(getattr(self.stash, name)))
+
+    def get(self, uid, credentials, has_permission: bool = False):
+        from syft.types.result import Ok
+
+        key = uid.id
+        if key not in self.uids or credentials != self.root_key:
+            return self.read(uid=uid, credentials=credentials, has_permission=has_permission)
+        with self.lock:
+            held = self.held.get(key)
+        if held is None:
+            held = self.read(uid=uid, credentials=credentials, has_permission=has_permission).unwrap()
+            with self.lock:
+                self.held[key] = held
+        return Ok(_shallow(held))
+
+    def _forgetting(self, write):
+        def forget_then_write(*args, **kwargs):
+            for value in (*args, *kwargs.values()):
+                key = getattr(value, "id", value)
+                key = getattr(key, "id", key)  # a LineageID's UID
+                with self.lock:
+                    self.held.pop(key, None)
+            return write(*args, **kwargs)
+
+        return forget_then_write
+
+
+def _shallow(obj):
+    """A copy of ``obj`` (an ActionObject or TwinObject) whose attributes can be set without
+    touching ``obj``; the data inside is shared. (``copy.copy``: pydantic's ``model_copy`` runs
+    PySyft's attribute hooks, ~5 ms.)"""
+    from syft.types.twin_object import TwinObject
+
+    twin = copy.copy(obj)
+    if isinstance(obj, TwinObject):
+        twin.private_obj, twin.mock_obj = copy.copy(obj.private_obj), copy.copy(obj.mock_obj)
+    return twin
+
+
+def read_assets_from_memory(server) -> None:
+    """Install :class:`AssetReads` for every asset of the site."""
+    assets = [asset.action_id for dataset in server.root_client.datasets.get_all() for asset in dataset.assets]
+    AssetReads(server.services.action.stash, server.verify_key, {uid.id for uid in assets}).install()
+
+
+def keep_decoded_arrays() -> None:
+    """Install :class:`DecodedArrayCache` in front of PySyft's JSON deserialiser."""
+    from syft.serde import json_serde
+
+    json_serde._deserialize_from_json_bytes = DecodedArrayCache(json_serde._deserialize_from_json_bytes)
+
+
