@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import PLAIN, error_line
 
-from fl_syft import simulate
 from fl_syft.cli import main
+from fl_syft.owner import guard
 from fl_syft.owner.launch import free_base_port
 from fl_syft.vetted.local_training import ml_experiment
 
@@ -140,7 +140,7 @@ def test_site_returning_nan_or_wrong_shapes(small_idx, tmp_path, capsys, monkeyp
 
     small = load_mnist(f"idx:{small_idx}")
     site_2_first_label = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))[1][0, 784]
-    monkeypatch.setitem(simulate._VETTED, "ml_experiment", site_2_is_broken)
+    monkeypatch.setitem(guard.VETTED, "ml_experiment", site_2_is_broken)
     out = tmp_path / "out"
     rc, line = run(capsys, "simulate", "--data", f"idx:{small_idx}", "--out", str(out), *ROUNDS, *PLAIN)
     assert rc == 1 and "site 'site-2' returned an invalid result" in line and message in line

@@ -239,3 +239,34 @@ def test_a_request_body_cannot_make_the_deserialiser_call_a_function(deployment,
     assert not marker.exists()
     # and the site still serves
     assert login(deployment.connection_file).datasets[0].assets[0].shape == (100, 785)
+
+
+def test_a_signed_answer_cannot_carry_a_call_of_ones_own(deployment):
+    """PySyft's signed call reads its message from a cached field when one is sent, while the
+    signature covers other bytes: any answer the site signed (with its root key) plus a call of
+    one's own in that field ran as the site's admin, without an account."""
+    import requests
+    from syft.client.api import SignedSyftAPICall, SyftAPICall
+    from syft.server.credentials import SyftSigningKey
+    from syft.types.syft_object_registry import SyftObjectRegistry
+    from syft.types.uid import UID
+
+    site = json.loads(deployment.connection_file.read_text())["datasites"][0]
+    base = f"{site['url']}:{site['port']}/api/v2"
+    server = UID(requests.get(f"{base}/metadata", timeout=30).json()["id"])
+    stranger = SyftAPICall(server_uid=server, path="metadata", args=[], kwargs={}).sign(SyftSigningKey.generate())
+    signed_by_site = sy.deserialize(requests.post(f"{base}/api_call", data=sy.serialize(stranger, to_bytes=True),
+                                                  timeout=30).content, from_bytes=True)
+    call = SyftAPICall(server_uid=server, path="user.get_all", args=[], kwargs={}, blocking=True)
+    forged = SignedSyftAPICall(credentials=signed_by_site.credentials, signature=signed_by_site.signature,
+                               serialized_message=signed_by_site.serialized_message, cached_deseralized_message=call)
+    registry = SyftObjectRegistry.__object_serialization_registry__["SignedSyftAPICall"]
+    honest = dict(registry)
+    try:  # the attacker's serialiser also writes the cached field
+        for version, entry in registry.items():
+            registry[version] = (*entry[:3], [*entry[3], "cached_deseralized_message"], *entry[4:])
+        body = sy.serialize(forged, to_bytes=True)
+    finally:
+        registry.update(honest)
+    answer = sy.deserialize(requests.post(f"{base}/api_call", data=body, timeout=30).content, from_bytes=True)
+    assert "a signed call must carry an API call" in str(answer.message.data)

@@ -119,7 +119,7 @@ def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp
 def test_guard_refuses_hostile_models_and_other_functions(tmp_path):
     g = guard(tmp_path)
     for coef in (np.full((10, 784), np.inf), np.full((10, 784), 1e39), np.zeros((10, 784), object),
-                 np.zeros((10, 784)).tolist()):
+                 np.zeros((10, 784)).tolist(), np.full((10, 784), np.iinfo(np.int64).min)):  # |int64 min| wraps
         with pytest.raises(Refused, match=re.escape("global_params coef must be a numpy array of finite numbers "
                                                     "within +-10000, shape (10, 784)")):
             g.admit("ml_experiment", {"coef": coef, "intercept": np.zeros(10)}, DP)

@@ -206,7 +206,7 @@ def _check_params(params: object, allow_velocity: bool, bound: float) -> None:
         raise Refused("global_params must be {} or hold both coef and intercept")
     for key, value in params.items():
         if type(value) is not np.ndarray or value.dtype.kind not in "fiu" or value.shape != PARAM_SHAPES[key] \
-                or not np.all(np.isfinite(value)) or np.abs(value).max(initial=0) > bound:
+                or not np.all(np.abs(value.astype(np.float64)) <= bound):  # float64: no integer wrap; NaN fails
             raise Refused(f"global_params {key} must be a numpy array of finite numbers within +-{bound:g}, "
                           f"shape {PARAM_SHAPES[key]}")
 
@@ -295,6 +295,8 @@ def secagg_router(server, guard: Guard):
     from fastapi.concurrency import run_in_threadpool
     from syft.client.api import SignedSyftAPICall
 
+    from fl_syft.owner.syft_patches import signed_message_only
+
     router = APIRouter()
 
     def answer(body: bytes) -> dict:
@@ -302,10 +304,12 @@ def secagg_router(server, guard: Guard):
             signed = sy.deserialize(body, from_bytes=True)
             if not isinstance(signed, SignedSyftAPICall) or not signed.is_valid:
                 return {"error": "not a validly signed request"}
+            signed_message_only(signed)
             call = signed.message
             if call.server_uid != server.id or call.path != SECAGG_PATH:
                 return {"error": "a request for another datasite or path"}
-            if abs(time.time() - float(call.kwargs.get("sent", 0))) > FRESH_SECONDS:
+            sent = call.kwargs.get("sent")
+            if type(sent) not in (int, float) or not abs(time.time() - sent) <= FRESH_SECONDS:  # NaN fails too
                 return {"error": "a stale request (check the clocks)"}
             if account_email(server, signed.credentials) is None:
                 return {"error": "unknown account or malformed request"}

@@ -69,6 +69,7 @@ STEPS = {  # step -> its keyword arguments, exactly
     "unmask": ("session", "rnd", "survivors", "signatures"),
 }
 RECORDED = ("keys", "mask", "confirm", "unmask")  # the once-only steps in secagg.jsonl
+LIVE_ROUNDS = 64  # rounds whose secrets a site holds at once; a new one past that forgets the oldest
 # --- the protocol -----------------------------------------------------------------------------
 
 
@@ -124,6 +125,8 @@ class SecAggSite:
             key = (session, rnd)
             if key not in self._rounds:
                 self._once(session, rnd, "keys")
+                while len(self._rounds) >= LIVE_ROUNDS:  # bounded memory whatever a caller opens
+                    self._rounds.pop(next(iter(self._rounds)))
                 (c_sk, c_pk), (s_sk, s_pk) = secagg.keypair(), secagg.keypair()
                 self._rounds[key] = _Round(c_sk, c_pk, s_sk, s_pk, os.urandom(32))
             r = self._rounds[key]

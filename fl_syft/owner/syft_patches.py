@@ -11,8 +11,9 @@ policy code of approved requests while it starts); the rest once the site is bui
   request's custom policy class (test_hostile_requests).
 - :func:`route_execution` replaces ``action_service.execute_byte_code``, which ``exec()``s a
   request's parsed code (test_hostile_requests).
-- :func:`scientist_api` wraps ``Server.handle_api_call_with_unsigned_result``: the services a
-  scientist's role reaches, cut to what the fl-syft client uses (test_hostile_requests).
+- :func:`scientist_api` wraps ``Server.handle_api_call_with_unsigned_result``: the message is only
+  what the signature covers (:func:`signed_message_only`), and the services a scientist's role
+  reaches are cut to what the fl-syft client uses (test_hostile_requests).
 - :func:`keep_decoded_arrays` wraps ``json_serde._deserialize_from_json_bytes``: the shard was
   decoded three times per call (test_datasite).
 - :func:`read_assets_from_memory` wraps the action stash's ``get`` for root reads of assets (test_datasite).
@@ -111,6 +112,7 @@ SCIENTIST_PATHS = frozenset({
     "notifications.get_all_unread", "notifications.resolve_object", "api.get_all", "migration._get_object",
 })
 STORING = frozenset({"action.set", "code.request_code_execution"})  # paths whose bodies the site keeps
+KEPT_PER_CALL = {"code.call": 256 << 10, "api.call": 4 << 10}  # what PySyft keeps of each call's result (bytes)
 
 
 class ScientistQuota:
@@ -131,11 +133,30 @@ class ScientistQuota:
             return True
 
 
+def signed_message_only(signed) -> None:
+    """What a signed call asks is what its signature covers, nothing else.
+
+    PySyft's ``SignedSyftAPICall.message`` returns ``cached_deseralized_message`` when it is set,
+    while ``is_valid`` checks the signature over ``serialized_message`` only; its decoder takes
+    any field a body carries. So any signed bytes (the site signs every answer with its root key)
+    plus a call of one's own in that field ran as root. The field is dropped here, on every
+    signed call the site receives, before anything reads ``message``; the message is then decoded
+    from the signed bytes and must be an API call."""
+    from syft.client.api import SyftAPICall
+    from syft.types.errors import SyftException
+
+    signed.cached_deseralized_message = None
+    if type(signed.message) is not SyftAPICall:
+        raise SyftException(public_message="a signed call must carry an API call")
+
+
 def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> None:
     """Every API call of an account below data owner passes here first: only the paths the
     fl-syft client uses (:data:`SCIENTIST_PATHS`), blocking only (no queued jobs), custom API
-    endpoints only the owner's own (``endpoints``), and whatever it makes the site store within
-    ``quota``. Everything else is refused in one line, before PySyft looks at it."""
+    endpoints only the owner's own (``endpoints``), and whatever it makes the site store (its
+    uploads and requests, and what PySyft keeps of each call) within ``quota``. Calls that are not
+    signed, or carry more than their signature covers (:func:`signed_message_only`), are refused
+    for everyone. Everything else is refused in one line, before PySyft looks at it."""
     from syft.client.api import SignedSyftAPICall
     from syft.service.response import SyftError
     from syft.service.user.user_roles import ServiceRole
@@ -144,12 +165,15 @@ def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> N
     handle = server.handle_api_call_with_unsigned_result
 
     def checked(api_call, *args, **kwargs):
-        if isinstance(api_call, SignedSyftAPICall) and api_call.is_valid:  # else PySyft refuses it itself
-            try:
+        try:
+            if type(api_call) is not SignedSyftAPICall:
+                raise SyftException(public_message="only signed calls are served")
+            signed_message_only(api_call)
+            if api_call.is_valid:  # else PySyft refuses it itself
                 _admit(api_call)
-            except SyftException as e:  # answered like any failed call: the client raises it as one line
-                log.warning("%s: refused a data scientist's call: %s", server.name, e.public_message)
-                return SyftError(message=e.public_message)
+        except SyftException as e:  # answered like any failed call: the client raises it as one line
+            log.warning("%s: refused a call: %s", server.name, e.public_message)
+            return SyftError(message=e.public_message)
         return handle(api_call, *args, **kwargs)
 
     def _admit(api_call) -> None:
@@ -165,7 +189,8 @@ def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> N
                 raise SyftException(public_message="only blocking calls are served to data scientists on this site")
             if path == "api.call" and message.kwargs.get("path", (message.args or [None])[0]) not in endpoints:
                 raise SyftException(public_message="only this site's own endpoints can be called")
-            if path in STORING and not quota.take(str(api_call.credentials), len(api_call.serialized_message)):
+            kept = len(api_call.serialized_message) if path in STORING else KEPT_PER_CALL.get(path, 0)
+            if kept and not quota.take(str(api_call.credentials), kept):
                 raise SyftException(public_message=f"this account's storage quota on the site ({quota.limit >> 20} "
                                                    "MiB) is used up: ask the data owner")
 

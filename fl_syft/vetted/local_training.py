@@ -77,16 +77,18 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                 X = data[start:start + 512, :n_features].astype(np.float32)
                 X *= np.float32(1.0 / 255.0)
                 # Total for every model the site admits (finite, |entry| <= its model_bound): a logit
-                # is within +-785 * bound, far from float32's limits; the floor at -60 keeps exp()
-                # out of subnormal numbers (a slow path whose time would depend on the rows); a row
-                # whose gradient is still not finite contributes zero (clipping fails closed).
+                # is within +-785 * bound, far from float32's limits; the floor at -60 keeps every
+                # probability, product and square out of subnormal numbers (a slow path whose time
+                # would depend on the rows); a row whose gradient is still not finite contributes
+                # zero (clipping fails closed).
                 z = X @ Wt + b32
                 z -= z.max(axis=1, keepdims=True)
                 np.maximum(z, np.float32(-60.0), out=z)
                 P = np.exp(z)
                 P /= P.sum(axis=1, keepdims=True)
                 P[np.arange(len(P)), labels[start:start + 512]] -= 1.0  # row i's gradient: P[i] (outer) [x_i, 1]
-                norms = np.linalg.norm(P, axis=1) * np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)
+                # In float64: squares of probabilities down to e^-60 stay normal numbers there.
+                norms = np.linalg.norm(P.astype(np.float64), axis=1) * np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)
                 finite = np.isfinite(norms)
                 P *= np.where(finite, np.minimum(1.0, clip / np.maximum(np.where(finite, norms, 1.0), 1e-12)),
                               0.0).astype(np.float32)[:, None]
