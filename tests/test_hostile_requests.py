@@ -270,3 +270,28 @@ def test_a_signed_answer_cannot_carry_a_call_of_ones_own(deployment):
         registry.update(honest)
     answer = sy.deserialize(requests.post(f"{base}/api_call", data=body, timeout=30).content, from_bytes=True)
     assert "a signed call must carry an API call" in str(answer.message.data)
+
+
+def test_a_call_cannot_choose_where_its_result_is_written_and_refusals_are_answers(deployment):
+    """``code.call`` takes a ``result_id``: PySyft then writes the result over that object (the
+    asset's id, say), after the call was charged. And a refused path is an answer, not an HTTP 500."""
+    from syft.client.api import SyftAPICall
+
+    client = new_scientist(deployment, "resultid")
+    request_vetted(client)
+    code = wait_decision(client, "ml_experiment").code
+    asset_id = client.datasets[0].assets[0].action_id
+    before = client.api.services.api.call("fl_syft.privacy")["epsilon_spent"]
+
+    def raw(path: str, **kwargs) -> str:
+        """The site's answer to a call built by hand, as text (PySyft's client returns errors as values)."""
+        try:
+            return str(client.api.make_call(SyftAPICall(server_uid=client.api.server_uid, path=path, args=[],
+                                                        kwargs=kwargs, blocking=True)))
+        except Exception as e:
+            return str(e)
+
+    assert "no result_id" in raw("code.call", uid=code.id, data=asset_id, global_params={}, config=DP_CALL,
+                                 result_id=asset_id)
+    assert client.api.services.api.call("fl_syft.privacy")["epsilon_spent"] == before
+    assert "settings.get is not open to data scientists" in raw("settings.get")

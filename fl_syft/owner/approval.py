@@ -209,13 +209,17 @@ class Approver:
             decision, shaped = vet_request(request, self.asset_id, self.server_uid, self.allowed)
         except Exception as e:  # a request PySyft itself cannot read: nothing of it is applied
             decision, shaped = Decision(False, f"denied: unreadable request ({type(e).__name__})", "?", ""), False
-        with contextlib.redirect_stdout(io.StringIO()):  # PySyft prints a banner per decision
-            if decision.approve:
-                request.approve(disable_warnings=True)
-            elif shaped:  # undoing its one change only denies the requester's own code
-                request.deny(reason=decision.reason)
-            else:
-                self.reject(request)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # PySyft prints a banner per decision
+                if decision.approve:
+                    request.approve(disable_warnings=True)
+                elif shaped:  # undoing its one change only denies the requester's own code
+                    request.deny(reason=decision.reason)
+                else:
+                    self.reject(request)
+        except Exception as e:  # one request PySyft cannot settle must not stall the others
+            decision = Decision(False, f"denied: PySyft could not record the decision ({type(e).__name__})",
+                                decision.function, decision.fingerprint)
         self.audit(request, decision)
         return decision
 

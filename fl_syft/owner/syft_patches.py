@@ -108,8 +108,8 @@ SCIENTIST_PATHS = frozenset({
     "code.get_all_for_user", "code.request_code_execution", "code_status.get_by_uid", "dataset.get_all",
     "dataset.get_by_id", "dataset.get_by_action_id", "dataset.search", "metadata", "metadata.get_metadata", "queue",
     "request.get_all",
-    "request.get_by_uid", "request.get_all_info", "user.get_current_user", "settings.get",
-    "notifications.get_all_unread", "notifications.resolve_object", "api.get_all", "migration._get_object",
+    "request.get_by_uid", "request.get_all_info", "user.get_current_user",
+    "notifications.get_all_unread", "notifications.resolve_object", "migration._get_object",
 })
 STORING = frozenset({"action.set", "code.request_code_execution"})  # paths whose bodies the site keeps
 KEPT_PER_CALL = {"code.call": 256 << 10, "api.call": 4 << 10}  # what PySyft keeps of each call's result (bytes)
@@ -174,7 +174,10 @@ def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> N
         except SyftException as e:  # answered like any failed call: the client raises it as one line
             log.warning("%s: refused a call: %s", server.name, e.public_message)
             return SyftError(message=e.public_message)
-        return handle(api_call, *args, **kwargs)
+        try:
+            return handle(api_call, *args, **kwargs)
+        except SyftException as e:  # PySyft's own refusals (a role without access) are answers, not HTTP 500s
+            return SyftError(message=e.public_message)
 
     def _admit(api_call) -> None:
         role = server.get_role_for_credentials(credentials=api_call.credentials)
@@ -189,6 +192,8 @@ def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> N
                 raise SyftException(public_message="only blocking calls are served to data scientists on this site")
             if path == "api.call" and message.kwargs.get("path", (message.args or [None])[0]) not in endpoints:
                 raise SyftException(public_message="only this site's own endpoints can be called")
+            if path == "code.call" and message.kwargs.get("result_id") is not None:  # PySyft would write there
+                raise SyftException(public_message="a call's result is stored where the site chooses (no result_id)")
             kept = len(api_call.serialized_message) if path in STORING else KEPT_PER_CALL.get(path, 0)
             if kept and not quota.take(str(api_call.credentials), kept):
                 raise SyftException(public_message=f"this account's storage quota on the site ({quota.limit >> 20} "
