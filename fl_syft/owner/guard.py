@@ -5,8 +5,10 @@ checked against the owner's bounds (a value outside them is refused with a one-l
 reason), the privacy-relevant parameters (clipping norm, the published noisy row count)
 come from the owner's policy, and under differential privacy every call on the private
 rows is charged to the site's ledger before it runs. PySyft's run of the same call on the
-synthetic mock is not charged. :func:`install` puts the guard between PySyft and the
-vetted code in a datasite process; ``fl_syft.simulate`` calls the same :class:`Guard`.
+synthetic mock is not charged. The guard is also the only thing that runs code on the rows:
+:meth:`Guard.call` runs the owner's own installed vetted function, never code from a request
+(:func:`install` makes it PySyft's executor in a datasite process; ``fl_syft.simulate`` calls
+the same :class:`Guard`).
 """
 
 from __future__ import annotations
