@@ -55,3 +55,16 @@ def test_bad_files_are_named(tmp_path, make, message):
     with pytest.raises(DataError, match=str(path.name)) as err:
         load_shard(str(path))
     assert message in str(err.value)
+
+
+def test_the_scientists_quota_is_kept_across_restarts_and_written_whole(tmp_path):
+    import stat
+
+    from fl_syft.owner.syft_patches import ScientistQuota
+
+    quota = ScientistQuota(tmp_path / "quota.json", limit=100)
+    assert quota.take("key-a", 60) and not quota.take("key-a", 50) and quota.take("key-b", 50)
+    assert stat.S_IMODE((tmp_path / "quota.json").stat().st_mode) == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name != "quota.json"]  # no half-written file left
+    again = ScientistQuota(tmp_path / "quota.json", limit=100)  # a restarted site
+    assert not again.take("key-a", 50) and again.take("key-a", 40)

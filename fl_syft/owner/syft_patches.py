@@ -26,12 +26,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from fl_syft.common.files import write_json
 
 log = logging.getLogger("fl_syft.datasite")
 
@@ -127,9 +128,7 @@ class ScientistQuota:
             if self.used.get(account, 0) + size > self.limit:
                 return False
             self.used[account] = self.used.get(account, 0) + size
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.used, f)
+            write_json(self.path, self.used)  # atomic: a site killed mid-write still restarts
             return True
 
 
