@@ -233,9 +233,8 @@ def contribution(function: str, config: dict, secure: dict) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def _check_config(config: object, bounds: dict, min_noise: float) -> None:
-    if type(config) is not dict or not all(type(k) is str for k in config):
-        raise Refused("config must be a dict with string keys")
+def _check_config(config: dict, bounds: dict, min_noise: float) -> None:
+    """``config``: a dict with string keys (``Guard.admit`` has checked that)."""
     if RESERVED in config:
         raise Refused(f"config key {RESERVED!r} is set by the data owner's site, not by the caller")
     unknown = sorted(set(config) - set(bounds))

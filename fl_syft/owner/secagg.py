@@ -151,7 +151,7 @@ class SecAggSite:
                 message = secagg.keys_message(session, rnd, name, ad["c_pk"], ad["s_pk"])
                 if ad["site"] != name or not secagg.verify(self.peers[name], message, ad["signature"]):
                     refuse(f"round {rnd}: the keys given for {name} are not signed by {name}: "
-                            "refusing (a key was substituted)")
+                           "refusing (a key was substituted)")
             if (adverts[self.site]["c_pk"], adverts[self.site]["s_pk"]) != (r.c_pk, r.s_pk):
                 refuse(f"round {rnd}: the keys given for this site are not its own")
             r.advertised = {n: {"c_pk": adverts[n]["c_pk"], "s_pk": adverts[n]["s_pk"]} for n in names}
@@ -189,10 +189,10 @@ class SecAggSite:
                 refuse(f"round {rnd}: step 'mask' was already taken (a mask is never reused)")
             if self.site not in peers or not set(peers) <= set(r.advertised) or len(peers) < self.threshold:
                 refuse(f"round {rnd}: {len(peers)} sites to mask with, {self.threshold} needed, all of them "
-                        "advertised and this site among them")
+                       "advertised and this site among them")
             if set(shares_in) != set(peers) - {self.site}:
                 refuse(f"round {rnd}: shares from {sorted(shares_in)}, expected one from every other site in the "
-                        "round")
+                       "round")
             held = {name: self._open(session, rnd, r, name, sealed) for name, sealed in shares_in.items()}
             self._once(session, rnd, "mask")
             r.mask_set, r.held, r.model, r.contribution = peers, {**held, self.site: r.own_share}, model, contribution
@@ -217,7 +217,7 @@ class SecAggSite:
                 if r.confirmed == survivors:
                     return r.signature
                 refuse(f"round {rnd}: this site already confirmed other survivors {r.confirmed} (it signs one "
-                        "survivor set per round)")
+                       "survivor set per round)")
             self._once(session, rnd, "confirm")
             r.confirmed = survivors
             r.signature = self.sign(secagg.consistency_message(session, rnd, survivors, r.mask_set, r.model,
@@ -232,20 +232,20 @@ class SecAggSite:
         session, rnd = check_session(session), check_rnd(rnd)
         survivors = check_names(survivors, "survivors", self.peers)
         signatures = check_by_site(signatures, "signatures", self.peers,
-                              lambda v, what: check_bytes(v, what, SIGNATURE_BYTES, SIGNATURE_BYTES))
+                                   lambda v, what: check_bytes(v, what, SIGNATURE_BYTES, SIGNATURE_BYTES))
         with self._lock:
             r = self._round(session, rnd)
             self._check_survivors(rnd, r, survivors)
             if r.confirmed != survivors:
                 refuse(f"round {rnd}: this site confirmed {r.confirmed or 'no survivors'}, not {survivors}: "
-                        "nothing is unmasked")
+                       "nothing is unmasked")
             if set(signatures) != set(survivors):
                 refuse(f"round {rnd}: signatures from {sorted(signatures)}, expected one from every survivor")
             message = secagg.consistency_message(session, rnd, survivors, r.mask_set, r.model, r.contribution)
             for name in survivors:
                 if not secagg.verify(self.peers[name], message, signatures[name]):
                     refuse(f"round {rnd}: {name} did not sign the survivors, mask set, model and contribution "
-                            "this site holds: refusing to unmask (the sites were given different views)")
+                           "this site holds: refusing to unmask (the sites were given different views)")
             self._once(session, rnd, "unmask")
             self._rounds.pop((session, rnd))  # the round's secrets are no longer needed
             # A survivor's self-mask seed, a dropped site's mask secret: never both for one site.
@@ -257,7 +257,7 @@ class SecAggSite:
             refuse(f"round {rnd}: this site masked no update")
         if self.site not in survivors or len(survivors) < self.threshold or not set(survivors) <= set(r.mask_set):
             refuse(f"round {rnd}: {len(survivors)} survivors, {self.threshold} needed, all of them in this site's "
-                    f"mask set and this site among them: nothing is unmasked")
+                   f"mask set and this site among them: nothing is unmasked")
 
     def _open(self, session: str, rnd: int, r: _Round, sender: str, sealed: bytes) -> dict:
         """``sender``'s share to us, opened (authenticated) and checked; SecAggRefused otherwise."""
@@ -279,7 +279,7 @@ class SecAggSite:
         r = self._rounds.get((session, rnd))
         if r is None:
             refuse(f"round {rnd} of session {session[:8]}: no keys advertised here (or the site restarted "
-                    "since): start the round again")
+                   "since): start the round again")
         return r
 
     def _once(self, session: str, rnd: int, step: str) -> None:

@@ -123,5 +123,5 @@ def parse_secure(secure: object) -> dict:
     return {"session": check_session(secure["session"]), "rnd": check_rnd(secure["rnd"]),
             "peers": check_names(secure["peers"], "config secagg peers", None),
             "shares": check_by_site(secure["shares"], "config secagg shares", None,
-                               lambda v, what: check_bytes(v, what, *SEALED_BYTES)),
+                                    lambda v, what: check_bytes(v, what, *SEALED_BYTES)),
             "fields": list(fields), "weight": weight}

@@ -84,14 +84,14 @@ def never_load_user_policies() -> None:
     def refuse(user_policy, *args, **kwargs):
         raise SyftException(public_message="custom policies are not accepted on this site")
 
+    # ``init_policy`` (imported by name into user_code) loads through ``policy.load_policy_code``.
     policy.execute_policy_code = policy.load_policy_code = user_code.load_policy_code = refuse
-    policy.init_policy = refuse
 
 
 def route_execution(run: Callable[[object, dict, object], object]) -> None:
     """PySyft's ``execute_byte_code(code, kwargs, context)`` ``exec()``s a request's
     ``parsed_code``, source the scientist controls and no fingerprint covers. Replaced by ``run``
-    (``owner.guard.Guard.runner``), which returns the result and never executes the request."""
+    (the one :func:`owner.guard.install` builds), which returns the result and never executes the request."""
     from syft.service.action import action_service
     from syft.service.code.user_code import UserCodeExecutionOutput
 
