@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -28,14 +27,15 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import SCENARIOS, PartitionSpec, make_shards, scenario
-from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port, owner_policy
+from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist import baselines
-from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs
-from fl_syft.scientist.algorithms.fedavg import PRIVATE_DEFAULTS, SECURE_PRIVATE_DEFAULTS, FedAvgSettings
-from fl_syft.scientist.algorithms.lbfgs import LbfgsSettings
+from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg, Lbfgs, State, build
+from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+from fl_syft.scientist.algorithms.private import DEFAULTS, SECURE_DEFAULTS
 from fl_syft.scientist.connect import connect, ds_password, read_connection
-from fl_syft.scientist.pipeline import train_and_report
-from fl_syft.simulate import local_sites
+from fl_syft.scientist.runs import RunRequest, run
+from fl_syft.simulate import centralized, local_sites
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft", "dp-curve", "dp-syft",
@@ -45,31 +45,31 @@ PLAIN = owner_policy(epsilon=None, min_rows=1)  # the non-private sections measu
 DP_EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, None)
 
 
-def dp_settings(epsilon: float, secure: bool = False) -> FedAvgSettings:
+def dp_request(epsilon: float | None, secure: bool = False) -> RunRequest:
     """FedAvg under DP at ``epsilon`` per site: more noisy steps where the budget affords them
     (the noise per step grows only with their square root). With secure aggregation one step
     per round (a site's own noise protects only the sum of one step): the default 80 up to
-    epsilon 1, then as many as without it."""
+    epsilon 1, then as many as without it. No epsilon: plain FedAvg for 30 rounds."""
+    if not epsilon:
+        return RunRequest(rounds=FEDAVG_ROUNDS, secure=secure, config={"command": "benchmark"})
     steps = 120 if epsilon <= 1 else 300 if epsilon <= 3 else 600
     if secure:
-        return FedAvgSettings(rounds=None if epsilon <= 1 else steps, local_steps=1)
-    return FedAvgSettings(rounds=steps // 10, local_steps=10)
+        return RunRequest(settings={"local_steps": 1}, rounds=None if epsilon <= 1 else steps, secure=True,
+                          config={"command": "benchmark"})
+    return RunRequest(settings={"local_steps": 10}, rounds=steps // 10, config={"command": "benchmark"})
 
 
-def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False,
-                settings: FedAvgSettings | None = None) -> dict:
-    """One run through the pipeline (the sites' policies decide DP); its figures."""
-    plain = FedAvgSettings(rounds=FEDAVG_ROUNDS)
-    settings = settings or (dp_settings(epsilon, secure) if epsilon else plain)
+def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False) -> dict:
+    """One run (the sites' policies decide DP); its figures."""
+    request = dp_request(epsilon, secure)
     t = time.perf_counter()
-    outcome = train_and_report(sites, FedAvg(settings), mnist.X_test, mnist.y_test, {"command": "benchmark"},
-                               secure=secure)
+    outcome = run(sites, request, mnist.X_test, mnist.y_test)
     wall = time.perf_counter() - t
     spent = [s.privacy().get("epsilon_spent") for s in sites]
     secure_seconds = [r["secure_aggregation"]["seconds"] for r in outcome.history[1:] if "secure_aggregation" in r]
     return {"epsilon": epsilon, "secure_aggregation": secure, "final": outcome.history[-1]["global_test_accuracy"],
             "rounds": len(outcome.history),
-            "noisy_steps_per_site": len(outcome.history) * (settings.local_steps or 0) if epsilon else 0,
+            "noisy_steps_per_site": len(outcome.history) * request.settings["local_steps"] if epsilon else 0,
             "epsilon_spent_max": max(spent) if epsilon else None, "wall_seconds": wall,
             "median_round_seconds": median_round(outcome.history),
             "secure_split": {k: statistics.median(t[k] for t in secure_seconds) for k in secure_seconds[0]}
@@ -105,12 +105,10 @@ def bench_data(repeats: int = 5) -> dict:
     return {"first_load_seconds": runs[0], "cached_load_seconds": statistics.median(runs[1:]), "repeats": repeats}
 
 
-def accuracy_runs() -> list[tuple[str, Algorithm]]:
-    """Every registered algorithm at its defaults (FedAvg for 30 rounds), plus plain FedAvg."""
-    runs = [(name, cls(cls.settings_type(rounds=FEDAVG_ROUNDS)) if cls is FedAvg else cls())
-            for name, cls in REGISTRY.items()]
-    runs.insert(1, ("fedavg (plain: no logit adjustment)",
-                    FedAvg(FedAvgSettings(rounds=FEDAVG_ROUNDS, logit_adjust=False))))
+def accuracy_runs() -> list[tuple[str, Algorithm, int]]:
+    """Every registered algorithm at its defaults (FedAvg for 30 rounds), plus plain FedAvg; with its rounds."""
+    runs = [(name, cls(), FEDAVG_ROUNDS if cls is FedAvg else cls.default_rounds) for name, cls in REGISTRY.items()]
+    runs.insert(1, ("fedavg (plain: no logit adjustment)", FedAvg(FedAvgSettings(logit_adjust=False)), FEDAVG_ROUNDS))
     return runs
 
 
@@ -121,13 +119,13 @@ def bench_accuracy(mnist) -> list[dict]:
         shards = make_shards(mnist.X_train, mnist.y_train, scenario(scenario_name))
         sites = local_sites(shards, PLAIN)
         t = time.perf_counter()
-        ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)
+        ceiling = centralized(shards, 1.0, mnist.X_test, mnist.y_test)
         ceiling_s = time.perf_counter() - t
         local = baselines.local_only(sites, mnist.X_test, mnist.y_test)
         local_acc = [v["test_accuracy"] for v in local.values()]
-        for algorithm, run in accuracy_runs():
+        for algorithm, algo, rounds in accuracy_runs():
             t = time.perf_counter()
-            _, hist = run.run(sites, mnist.X_test, mnist.y_test)
+            _, hist = algo.run(sites, mnist.X_test, mnist.y_test, rounds=rounds)
             wall = time.perf_counter() - t
             final = hist[-1]["global_test_accuracy"]
             rows.append({"scenario": scenario_name, "algorithm": algorithm, "rounds": len(hist), "final": final,
@@ -176,11 +174,11 @@ def bench_syft(mnist, work: Path) -> dict:
     spec, rounds = scenario("iid-2"), 9
     local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec), PLAIN)
     with deployed(spec, work / "syft") as (d, sites, timings):
-        runs = {"syft": (sites, None, []), "simulate": (local, None, [])}
+        runs = {"syft": (sites, {}, []), "simulate": (local, {}, [])}
         for rnd in range(1, rounds + 1):
             for name, (path_sites, params, hist) in runs.items():
-                params, hist = FedAvg(FedAvgSettings(rounds=rnd)).run(path_sites, mnist.X_test, mnist.y_test,
-                                                                      params=params, history=hist)
+                params, hist = FedAvg().run(path_sites, mnist.X_test, mnist.y_test, rounds=rnd,
+                                            state=State(params, hist))
                 runs[name] = (path_sites, params, hist)
         site_rss = peak_rss_mb([p.pid for p in d.procs.values()])
     syft_hist, sim_hist = runs["syft"][2], runs["simulate"][2]
@@ -218,7 +216,7 @@ def bench_scaling(mnist, work: Path) -> list[dict]:
     rows = []
     for n in (2, 5, 10):
         with deployed(PartitionSpec(sites=n), work / f"scale{n}") as (d, sites, _):
-            _, hist = FedAvg(FedAvgSettings(rounds=4)).run(sites, mnist.X_test, mnist.y_test)
+            _, hist = FedAvg().run(sites, mnist.X_test, mnist.y_test, rounds=4)
             rss = peak_rss_mb([p.pid for p in d.procs.values()])
         rows.append({"sites": n, "round_seconds": median_round(hist), **split(hist),
                      "final": hist[-1]["global_test_accuracy"], "datasite_peak_rss_mb_max": max(rss),
@@ -263,10 +261,10 @@ def bench_lbfgs_syft(mnist, work: Path) -> dict:
     """Federated L-BFGS through PySyft on dirichlet-0.1-10."""
     spec = scenario("dirichlet-0.1-10")
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
-    ceiling = baselines.centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
+    ceiling = centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
     with deployed(spec, work / "lbfgs", functions=Lbfgs.functions) as (_, sites, _):
         t = time.perf_counter()
-        _, hist = Lbfgs(LbfgsSettings(rounds=500)).run(sites, mnist.X_test, mnist.y_test)
+        _, hist = Lbfgs().run(sites, mnist.X_test, mnist.y_test, rounds=500)
         wall = time.perf_counter() - t
     final = hist[-1]["global_test_accuracy"]
     print(f"lbfgs via PySyft: {100 * final:.2f}% vs ceiling {100 * ceiling:.2f}% in {len(hist)} rounds, {wall:.0f} s",
@@ -289,7 +287,7 @@ def bench_dp_curve(mnist) -> dict:
                 row = {"sites": n, **private_run(sites, epsilon, mnist, secure)}
                 rows.append(row)
                 print(f"dp curve {n} sites epsilon {epsilon} secure {secure}: {100 * row['final']:.2f}%", flush=True)
-    return {"rows": rows, "defaults": PRIVATE_DEFAULTS, "secure_defaults": SECURE_PRIVATE_DEFAULTS}
+    return {"rows": rows, "defaults": DEFAULTS, "secure_defaults": SECURE_DEFAULTS}
 
 
 def bench_dp_syft(mnist, work: Path) -> list[dict]:
@@ -322,14 +320,13 @@ def bench_secagg_syft(mnist, work: Path, compare_rounds: int = 8) -> dict:
     # Round time at 10 sites, one noisy step per round either way, alternating.
     with deployed(PartitionSpec(sites=10), work / "sa-time", policy=owner_policy()) as (_, sites, _):
         statuses = [s.privacy() for s in sites]  # each plans half the budget over 120 steps, and runs a few
-        runs = {secure: FedAvg(FedAvgSettings(rounds=120, local_steps=1)).for_privacy(statuses, 0.45, secure)
-                for secure in (False, True)}
-        state = {secure: (None, []) for secure in runs}
+        asked = {secure: RunRequest(settings={"local_steps": 1}, rounds=120, epsilon=0.45, secure=secure)
+                 for secure in (False, True)}
+        runs = {secure: build("fedavg", r.settings, statuses, r) for secure, r in asked.items()}
+        state = {secure: State() for secure in runs}
         for rnd in range(1, compare_rounds + 1):
             for secure, algo in runs.items():
-                algo.settings = dataclasses.replace(algo.settings, rounds=rnd)
-                params, hist = state[secure]
-                state[secure] = algo.run(sites, mnist.X_test, mnist.y_test, params=params, history=hist)
+                state[secure] = algo.run(sites, mnist.X_test, mnist.y_test, rounds=rnd, state=state[secure])
     plain, masked = (state[s][1] for s in (False, True))
     out["round_seconds"] = {"without": median_round(plain), "with": median_round(masked)}
     out["ratio"] = out["round_seconds"]["with"] / out["round_seconds"]["without"]

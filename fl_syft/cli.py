@@ -1,7 +1,7 @@
 """Command line: ``fl-syft simulate|launch|serve|run|demo|scenarios`` (also ``python -m fl_syft``).
 
 Argument parsing and exit codes only; the work is in ``owner`` (launch, serve),
-``scientist`` (connect, pipeline) and ``simulate``. Every error is one line: a
+``scientist`` (runs: one run request, run and resume) and ``simulate``. Every error is one line: a
 :class:`~fl_syft.common.errors.FlSyftError` with its settings shown as flags.
 """
 
@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import functools
 import importlib
-import json
 import logging
 import sys
 import warnings
@@ -21,8 +20,10 @@ from pathlib import Path
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import KINDS, SCENARIO_HELP, SCENARIOS, PartitionSpec
 from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
-from fl_syft.scientist.algorithms import REGISTRY, Algorithm
+from fl_syft.scientist.algorithms import REGISTRY, WRAPPERS
+from fl_syft.scientist.algorithms.base import NoSettings
 from fl_syft.scientist.rounds import Resilience
+from fl_syft.scientist.runs import RunRequest
 
 log = logging.getLogger("fl_syft")
 
@@ -69,12 +70,16 @@ def add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_algorithm_args(p: argparse.ArgumentParser) -> None:
-    """``--algorithm`` and every registered algorithm's settings as flags (unset unless given)."""
+    """``--algorithm``, ``--rounds`` and every registered algorithm's and wrapper's settings as
+    flags (unset unless given)."""
     g = p.add_argument_group("training")
     g.add_argument("--algorithm", choices=REGISTRY, default=None,
                    help="; ".join(f"{name}: {cls.summary}" for name, cls in REGISTRY.items()) + " (default fedavg)")
+    g.add_argument("--rounds", type=int, default=argparse.SUPPRESS,
+                   help="federated rounds (default " + "; ".join(f"{n} {c.rounds_help}" for n, c in REGISTRY.items())
+                        + ")")
     taken = {a.dest for a in p._actions}
-    for field, owners in _algorithm_fields().items():
+    for field, owners in _setting_fields().items():
         if field.name in taken:  # e.g. --seed, already a partition flag
             continue
         shown = {name: next(f for f in dataclasses.fields(cls.settings_type) if f.name == field.name).metadata["shown"]
@@ -103,35 +108,44 @@ def add_algorithm_args(p: argparse.ArgumentParser) -> None:
                         "site with the least left has left); the noise is set to spend exactly that")
 
 
-def _algorithm_fields() -> dict:
-    """settings field -> [(algorithm name, class), ...] over the registry, first definition first."""
+def _setting_fields() -> dict:
+    """settings field -> [(algorithm name, settings owner), ...] over the algorithms and the wrappers
+    that apply to them (a wrapper's settings are shown as the algorithm's: fedavg), first
+    definition first."""
+    owners = [*REGISTRY.items()]
+    owners += [(name, wrapper) for wrapper in WRAPPERS if wrapper.settings_type is not NoSettings
+               for name, cls in REGISTRY.items() if cls.private_refusal is None]
     fields: dict = {}
-    for name, cls in REGISTRY.items():
+    for name, cls in owners:
         for field in dataclasses.fields(cls.settings_type):
             key = next((f for f in fields if f.name == field.name), field)
             fields.setdefault(key, []).append((name, cls))
     return fields
 
 
-def algorithm(args: argparse.Namespace) -> Algorithm:
-    """The chosen algorithm with the settings given on the command line (its defaults otherwise);
-    a setting of another algorithm is refused, not silently dropped."""
-    cls = REGISTRY[args.algorithm or "fedavg"]
-    own = {f.name for f in dataclasses.fields(cls.settings_type)}
-    given = {k: v for k, v in vars(args).items() if k not in PARTITION_DESTS or not args.partition_flags}
-    foreign = [name for name in _given_settings(args) if name not in own]
-    if foreign:
-        raise ConfigError(f"{_fields(foreign)}: not a setting of --algorithm {cls.name}: drop it")
-    return cls(cls.settings_type(**{name: given[name] for name in own if name in given}))
+PARTITION_DESTS = {"seed"}  # partition flags a setting may share
 
 
-PARTITION_DESTS = {"seed"}  # partition flags an algorithm may share
+def _given_settings(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (a partition flag of the same name excluded)."""
+    return {f.name: getattr(args, f.name) for f in _setting_fields() if f.name in vars(args)
+            and not (f.name in PARTITION_DESTS and args.partition_flags)}
 
 
-def _given_settings(args: argparse.Namespace) -> list[str]:
-    """The algorithm settings given on the command line (a partition flag of the same name excluded)."""
-    return [f.name for f in _algorithm_fields() if f.name in vars(args)
-            and not (f.name in PARTITION_DESTS and args.partition_flags)]
+def run_request(args: argparse.Namespace, command: str, *, secure: bool | None = None, baselines: bool = False,
+                resilience: Resilience = Resilience(), **config) -> RunRequest:
+    """The run the flags ask for, checked; ``config`` describes it in metrics.json (besides the
+    command, data and scenario); ``secure``/``baselines``: the command's defaults."""
+    described = {"command": command, "data": args.data, **config}
+    if getattr(args, "scenario", None):
+        described["scenario"] = args.scenario
+    request = RunRequest(algorithm=args.algorithm or "fedavg", settings=_given_settings(args),
+                         rounds=getattr(args, "rounds", None), epsilon=args.epsilon,
+                         secure=bool(secure if args.secure_aggregation is None else args.secure_aggregation),
+                         baselines=bool(baselines if args.baselines is None else args.baselines),
+                         out=args.out, overwrite=args.overwrite, resilience=resilience, config=described)
+    request.check()
+    return request
 
 
 def _fields(names) -> str:
@@ -158,30 +172,14 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
                         "majority)")
 
 
-def owner_policy_from(args: argparse.Namespace) -> dict:
-    """The owner's policy the flags ask for (``owner.launch.owner_policy``)."""
-    from fl_syft.owner.launch import owner_policy
+def owner_policy_from(args: argparse.Namespace):
+    """The owner's policy the flags ask for (``owner.policy.OwnerPolicy``)."""
+    from fl_syft.owner.policy import policy_from_flags
 
-    if args.no_dp and (args.dp_epsilon is not None or args.dp_delta is not None or args.dp_clip is not None):
-        raise ConfigError("{no_dp} turns differential privacy off: drop {dp_epsilon}, {dp_delta} and {dp_clip}")
-    peers = getattr(args, "peers", None)
-    settings = {k: v for k, v in {"clip": args.dp_clip, "min_rows": args.min_rows, "threshold": args.secagg_threshold,
-                                  "peers": _read_peers(peers) if peers else None}.items() if v is not None}
-    settings["require_secure_aggregation"] = args.require_secure_aggregation
-    epsilon = None if args.no_dp else (DEFAULT_EPSILON if args.dp_epsilon is None else args.dp_epsilon)
-    return owner_policy(epsilon, args.dp_delta, **settings)
-
-
-def _read_peers(path: Path) -> dict[str, str]:
-    """The other data owners' sites and their verify keys: ``{"name": "hex", ...}``."""
-    try:
-        peers = json.loads(Path(path).read_text())
-        assert isinstance(peers, dict) and all(isinstance(k, str) and len(bytes.fromhex(v)) == 32
-                                               for k, v in peers.items())
-    except (OSError, ValueError, AssertionError):
-        raise ConfigError(f"{{peers}} {path}: needs a JSON object of site name -> verify key (64 hex digits), as "
-                          "each site prints at start") from None
-    return peers
+    return policy_from_flags(no_dp=args.no_dp, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
+                             dp_clip=args.dp_clip, min_rows=args.min_rows, secagg_threshold=args.secagg_threshold,
+                             peers_file=getattr(args, "peers", None),
+                             require_secure_aggregation=args.require_secure_aggregation)
 
 
 def add_resilience_args(p: argparse.ArgumentParser) -> None:
@@ -326,20 +324,20 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fl_syft.common.data import load_mnist
     from fl_syft.common.partition import make_shards
-    from fl_syft.scientist.pipeline import check_run, train_and_report
-    from fl_syft.simulate import local_sites
+    from fl_syft.scientist import runs
+    from fl_syft.simulate import centralized, label_histograms, local_sites
 
-    spec, algo = partition_spec(args), algorithm(args)
-    check_run(algo, out=args.out, overwrite=args.overwrite)
+    spec = partition_spec(args)
+    request = run_request(args, "simulate", partition=asdict(spec))
     mnist = load_mnist(args.data)
     spec.check(len(mnist.y_train))
     shards = make_shards(mnist.X_train, mnist.y_train, spec)
     sites = local_sites(shards, owner_policy_from(args))
-    log.info("simulating %d sites (%s), %s", len(sites), spec.kind, algo.name)
-    config = _config(args, "simulate", partition=asdict(spec))
-    train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out,
-                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=bool(args.secure_aggregation),
-                     pooled=shards)
+    log.info("simulating %d sites (%s), %s", len(sites), spec.kind, request.algorithm)
+    runs.run(sites, request, mnist.X_test, mnist.y_test,
+             ceiling=lambda C: centralized(shards, C, mnist.X_test, mnist.y_test),
+             histogram=(label_histograms([s.name for s in sites], shards),
+                        "every row of each site's shard (the partition)"))
     return 0
 
 
@@ -355,7 +353,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table, site_identity
+    from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table
+    from fl_syft.owner.provision import site_identity
     from fl_syft.owner.serve import ServeOptions
 
     if (args.data is None) != args.keep:
@@ -378,75 +377,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fl_syft.common.data import load_mnist
-    from fl_syft.scientist.connect import connect, ds_password, read_connection, url_addresses
-    from fl_syft.scientist.pipeline import (
-        Resume,
-        algorithm_from_config,
-        check_run,
-        required_functions,
-        train_and_report,
-    )
+    from fl_syft.scientist import runs
+    from fl_syft.scientist.connect import ds_password, read_connection, url_addresses
 
-    resume, out = None, args.out
+    res = resilience(args)
+    saved, rounds, request = None, getattr(args, "rounds", None), None
     if args.resume:
-        given = [name for name in _given_settings(args) if name != "rounds"]
-        given += ["algorithm"] * (args.algorithm is not None) + ["out"] * (args.out is not None)
+        given = [*_given_settings(args), *["algorithm"] * (args.algorithm is not None),
+                 *["out"] * (args.out is not None), *["epsilon"] * (args.epsilon is not None),
+                 *["secure_aggregation"] * (args.secure_aggregation is not None),
+                 *["baselines"] * (args.baselines is not None)]
         if given:
             raise ConfigError(f"{_fields(given)}: {{resume}} continues the run with its saved settings "
                               "(only {rounds} may change): drop them")
-        resume, out = Resume.read(args.resume), args.resume
-        algo = algorithm_from_config(resume.config)
-        if "rounds" in vars(args):
-            algo = type(algo)(dataclasses.replace(algo.settings, rounds=args.rounds))
-        config = resume.config
-        log.info("resuming %s after round %d of %d", out, len(resume.history), algo.settings.rounds)
+        saved = runs.Resume.read(args.resume)
+        saved.check(rounds, res)
     else:
-        algo = algorithm(args)
-    res = resilience(args)
-    check_run(algo, res, out=None if resume else out, overwrite=args.overwrite)
+        request = run_request(args, "run", resilience=res)
     if args.datasite:
-        addresses = url_addresses(args.datasite, args.email)
-        password = ds_password(None)
+        addresses, password = url_addresses(args.datasite, args.email), ds_password(None)
     else:
         addresses, password = read_connection(args.connection), ds_password(args.connection)
     res.check(len(addresses))
-    if not args.resume:
-        config = _config(args, "run", datasites=[asdict(a) for a in addresses])
-    mnist = load_mnist(args.data)
-    sites = connect(addresses, password, required_functions(algo, bool(args.baselines)), args.approval_timeout)
-    train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=out, resilience=res, resume=resume,
-                     baselines=bool(args.baselines), epsilon=args.epsilon, secure=bool(args.secure_aggregation))
+    if saved is not None:
+        runs.resume_over(addresses, password, saved, args.data, rounds=rounds, resilience=res,
+                         approval_timeout=args.approval_timeout)
+    else:
+        request = dataclasses.replace(request, config={**request.config, "datasites": [asdict(a) for a in addresses]})
+        runs.run_over(addresses, password, request, args.data, approval_timeout=args.approval_timeout)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fl_syft.common.data import load_mnist
     from fl_syft.owner.launch import Deployment, print_table
-    from fl_syft.scientist.connect import connect, ds_password, read_connection
-    from fl_syft.scientist.pipeline import check_run, required_functions, train_and_report
+    from fl_syft.scientist import runs
+    from fl_syft.scientist.connect import ds_password, read_connection
 
-    # Secure aggregation by default (FedAvg only): the scientist sees sums, and under DP the sum
-    # carries the noise of one mechanism instead of one per site.
-    secure = args.secure_aggregation
-    if secure is None:
-        secure = (args.algorithm or "fedavg") == "fedavg"
-    algo, opts = algorithm(args), _launch_options(args, "demo")
+    opts = _launch_options(args, "demo")
     res = resilience(args, opts.partition.n_sites)
-    check_run(algo, res, out=args.out, overwrite=args.overwrite)
-    mnist = load_mnist(args.data)
-    baselines = args.baselines is not False  # on by default in demo
+    partition = {} if opts.keep else {"partition": asdict(opts.partition)}
+    request = run_request(args, "demo", secure=runs.secure_by_default(args.algorithm or "fedavg"), baselines=True,
+                          resilience=res, **partition)
     with Deployment(opts) as deployment:
         # Importing PySyft takes ~5 s: do it while the sites start.
         print_table(deployment.start(while_starting=lambda: importlib.import_module("syft")),
                     deployment.connection_file, opts.host)
         addresses = read_connection(deployment.connection_file)
-        sites = connect(addresses, ds_password(deployment.connection_file), required_functions(algo, baselines),
-                        args.approval_timeout)
-        partition = {} if opts.keep else {"partition": asdict(opts.partition)}
-        config = _config(args, "demo", **partition, datasites=[asdict(a) for a in addresses])
-        train_and_report(sites, algo, mnist.X_test, mnist.y_test, config, out=args.out, resilience=res,
-                         baselines=baselines, epsilon=args.epsilon, secure=secure)
+        request = dataclasses.replace(request, config={**request.config, "datasites": [asdict(a) for a in addresses]})
+        runs.run_over(addresses, ds_password(deployment.connection_file), request, args.data,
+                      approval_timeout=args.approval_timeout)
     return 0
 
 
@@ -466,14 +445,6 @@ def _launch_options(args: argparse.Namespace, command: str):
                          db_url=args.db_url, verbose=args.verbose, command=command, policy=owner_policy_from(args))
     opts.check()
     return opts
-
-
-def _config(args: argparse.Namespace, command: str, **extra) -> dict:
-    """The run description stored in metrics.json (the pipeline adds the algorithm's settings)."""
-    config = {"command": command, "data": args.data, **extra}
-    if getattr(args, "scenario", None):
-        config["scenario"] = args.scenario
-    return config
 
 
 def main(argv: list[str] | None = None) -> int:

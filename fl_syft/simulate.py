@@ -2,24 +2,33 @@
 
 Sits beside both sides (it plays every data owner and the scientist at once): a
 :class:`LocalSite` runs the same vetted functions the datasites run, found the way the
-owner's approver finds them, through the same owner's guard (bounds, DP charges), with a
-ledger per site in a temporary directory: a simulated run accounts exactly as the sites do.
+owner's approver finds them, through a guard assembled as a datasite's is
+(``owner.site.assemble``: bounds, DP charges, secure aggregation), with a ledger per site in a
+temporary directory: a simulated run accounts exactly as the sites do. Also what only a
+simulation can compute, holding every site's rows: the pooled ceiling and the partition's labels.
 """
 
 from __future__ import annotations
 
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from nacl.signing import SigningKey
 
-from fl_syft.owner.datasite import shard_sha256, site_policy_from
+from fl_syft.common.partition import label_histogram
+from fl_syft.common.protocol import Refusal
+from fl_syft.owner.datasite import shard_sha256
 from fl_syft.owner.guard import Guard, Refused
-from fl_syft.owner.launch import owner_policy, site_names
+from fl_syft.owner.launch import site_names
 from fl_syft.owner.ledger import Ledger
-from fl_syft.owner.secagg import SecAggSite
+from fl_syft.owner.policy import OwnerPolicy
+from fl_syft.owner.site import assemble
+from fl_syft.scientist.baselines import CONVERGE_ITERS
+from fl_syft.scientist.evaluate import score
 from fl_syft.scientist.rounds import SiteRefused
 
 
@@ -35,7 +44,7 @@ class LocalSite:
         try:
             return self.guard.call(function, self.shard, global_params, config, requester="simulate")
         except Refused as e:
-            raise SiteRefused(f"{self.name} refused {function}: {e}") from None
+            raise SiteRefused(Refusal(self.name, function, str(e)).line) from None
 
     def privacy(self) -> dict:
         return self.guard.status()
@@ -44,28 +53,56 @@ class LocalSite:
         try:
             return self.guard.secagg_steps(steps)
         except Refused as e:
-            raise SiteRefused(f"{self.name} refused: {e}") from None
+            raise SiteRefused(Refusal(self.name, "secure aggregation", str(e)).line) from None
 
 
-def local_sites(shards: list[np.ndarray], policy: dict | None = None, ledgers: Path | None = None) -> list[LocalSite]:
+def local_sites(shards: list[np.ndarray], policy: OwnerPolicy | None = None,
+                ledgers: Path | None = None) -> list[LocalSite]:
     """Sites named site-1..site-N (the names launched datasites get too), each with the owner's
-    ``policy`` (``owner.launch.owner_policy``; default: the launcher's default, DP epsilon 1) and
-    a fresh ledger in ``ledgers`` (default: a new temporary directory)."""
-    policy = owner_policy() if policy is None else policy
+    ``policy`` (``owner.policy.owner_policy``; default: the launcher's default, DP epsilon 1),
+    a fresh ledger in ``ledgers`` (default: a new temporary directory) and a signing key of its
+    own (as each datasite's identity), the sites being each other's secure-aggregation peers."""
     ledgers = Path(ledgers or tempfile.mkdtemp(prefix="fl-syft-ledgers-"))
+    ledgers.mkdir(parents=True, exist_ok=True)
     names = site_names(len(shards))
-    keys = {name: SigningKey.generate() for name in names}  # as each datasite's own identity
-    policy = {**policy, "peers": {n: k.verify_key.encode().hex() for n, k in keys.items()}}
-    sites = []
-    for name, shard in zip(names, shards, strict=True):
-        site_policy = site_policy_from(policy, len(shard))
-        ledger = (Ledger(ledgers / f"{name}.jsonl", shard_sha256(shard), site_policy.epsilon, site_policy.delta)
-                  if site_policy.dp else None)
-        secure = SecAggSite(name, lambda message, key=keys[name]: key.sign(message).signature, site_policy.peers,
-                            site_policy.threshold, ledgers / f"{name}-secagg.jsonl")
-        guard = Guard(name, site_policy, len(shard), ledger, secagg=secure)
-        if site_policy.dp:
-            guard.publish_row_count()
-        sites.append(LocalSite(name, shard, guard))
-    return sites
+    keys = {name: SigningKey.generate() for name in names}
+    policy = (OwnerPolicy() if policy is None else policy).with_peers(
+        {n: k.verify_key.encode().hex() for n, k in keys.items()})
+    return [_local_site(name, shard, policy, keys[name], ledgers) for name, shard in zip(names, shards, strict=True)]
 
+
+def _local_site(name: str, shard: np.ndarray, policy: OwnerPolicy, key: SigningKey, ledgers: Path) -> LocalSite:
+    def open_ledger(total: float, delta: float) -> Ledger:
+        return Ledger(ledgers / f"{name}.jsonl", shard_sha256(shard), total, delta)
+
+    guard = assemble(name, policy, len(shard), open_ledger=open_ledger, signing_key=key,
+                     secagg_journal=ledgers / f"{name}-secagg.jsonl")
+    return LocalSite(name, shard, guard)
+
+
+def centralized(shards: Sequence[np.ndarray], C: float, X_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """The ceiling a federated run is measured against: ``LogisticRegression(C)`` to convergence on
+    every shard's rows pooled, which only a simulation (or a benchmark) may do.
+
+    Returns {"test_accuracy", "params", "n_iter"}.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    pooled = np.concatenate(shards)
+    clf = LogisticRegression(C=C, max_iter=CONVERGE_ITERS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a ceiling that did not converge is no ceiling
+        clf.fit(pooled[:, :-1] / 255.0, pooled[:, -1].astype(np.int64))
+    classes = clf.classes_.astype(int)
+    coef, intercept = np.zeros((10, pooled.shape[1] - 1)), np.full(10, -1e9)
+    coef[classes], intercept[classes] = clf.coef_, clf.intercept_  # absent classes never predicted
+    params = {"coef": coef, "intercept": intercept}
+    return {"test_accuracy": score(params, X_test, y_test)["accuracy"], "params": params,
+            "n_iter": int(np.max(clf.n_iter_))}
+
+
+def label_histograms(names: Sequence[str], shards: Sequence[np.ndarray]) -> dict[str, list[int]]:
+    """{site: rows per digit 0..9} over every row of each shard: the partition itself, which a
+    real deployment never shows the scientist (its report uses the counts the sites return)."""
+    return dict(zip(names, label_histogram(list(shards)).tolist(), strict=True))

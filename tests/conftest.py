@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fl_syft.common.data import Mnist, load_mnist, write_idx
+from fl_syft.owner.policy import OwnerPolicy, owner_policy
 
 warnings.filterwarnings("ignore", message="lbfgs failed to converge")
 
@@ -35,9 +36,7 @@ def small_idx(tmp_path_factory: pytest.TempPathFactory, mnist: Mnist) -> Path:
 PLAIN = ["--no-dp", "--min-rows", "50"]
 
 
-def plain_policy() -> dict:
-    from fl_syft.owner.launch import owner_policy
-
+def plain_policy() -> OwnerPolicy:
     return owner_policy(epsilon=None, min_rows=50)
 
 

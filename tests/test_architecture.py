@@ -2,7 +2,8 @@
 
 owner/ (data owner's machine) and scientist/ (data scientist's machine) never import each
 other; vetted/ (shipped as source into a datasite) imports nothing from the project and
-nothing at module level; common/ imports only common/.
+nothing at module level; common/ imports only common/; simulate.py (every owner and the
+scientist in one process) uses of the scientist's side only what a site's answers meet.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from fl_syft.common.protocol import schema
 from fl_syft.owner.approval import vetted_functions
 from fl_syft.scientist.algorithms import REGISTRY
-from fl_syft.scientist.algorithms.fedavg import PLAIN_DEFAULTS, PRIVATE_DEFAULTS, FedAvgSettings
-from fl_syft.vetted.local_training import ml_experiment
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fl_syft"
 FORBIDDEN = {
@@ -76,7 +76,7 @@ def test_every_vetted_function_runs_from_its_source_alone(name):
     exec(compile(inspect.getsource(vetted_functions()[name]), "<shipped>", "exec"), namespace)
     fn = namespace[name]
     params = {"coef": [[0.0] * 784] * 10, "intercept": [0.0] * 10}
-    config = {"local_iters": 2} if name == "ml_experiment" else {}
+    config = schema(name, dp=False).complete({"local_iters": 2} if name == "ml_experiment" else {})
     assert isinstance(fn(synthetic_shard(100), params, config), dict)
 
 
@@ -87,15 +87,26 @@ def test_every_function_an_algorithm_submits_is_one_the_owner_approves():
             assert approved[fn.__name__] is fn, (cls.name, fn.__name__)
 
 
-def test_fedavg_defaults_equal_the_vetted_function_defaults():
-    """The scientist's defaults and the ones ml_experiment applies to a missing key must agree,
-    without DP and under DP."""
-    tree = ast.parse(inspect.getsource(ml_experiment))
-    literal = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.walk(tree)
-               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("defaults", "dp_defaults")}
-    assert {k: v for k, v in PLAIN_DEFAULTS.items() if k != "rounds"} == literal["defaults"]
-    assert {k: v for k, v in PRIVATE_DEFAULTS.items() if k != "rounds"} == {
-        k: v for k, v in literal["dp_defaults"].items() if v is not None and k != "l2"}
-    plain, private = FedAvgSettings().resolved(private=False), FedAvgSettings().resolved(private=True)
-    assert all(getattr(plain, k) == v for k, v in PLAIN_DEFAULTS.items())
-    assert all(getattr(private, k) == v for k, v in PRIVATE_DEFAULTS.items())
+
+# What the simulation may use of the scientist's side: the Site contract, scoring and the baselines'
+# constants. Anything else would be scientist code run on the pooled rows a real run never has.
+SIMULATE_MAY_USE = {"fl_syft.scientist.rounds", "fl_syft.scientist.evaluate", "fl_syft.scientist.baselines"}
+
+
+def test_the_simulation_plays_the_owners_and_hands_the_scientist_only_what_sites_answer():
+    names = imported_modules(PACKAGE / "simulate.py")
+    scientist = {n.rsplit(".", 1)[0] if n.count(".") > 2 else n for n in names if n.startswith("fl_syft.scientist")}
+    assert scientist <= SIMULATE_MAY_USE, scientist - SIMULATE_MAY_USE
+    assert not [n for n in names if n == "fl_syft.cli" or n.startswith("fl_syft.cli.")]
+    importers = [p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py") if p.name != "cli.py"
+                 and any(n == "fl_syft.simulate" or n.startswith("fl_syft.simulate.") for n in imported_modules(p))]
+    assert importers == []  # only the command line runs a simulation
+
+
+def test_the_run_takes_no_rows():
+    """The scientist's run gets what only a simulation can compute as results (the ceiling for its
+    C, the partition's label counts), never the shards themselves."""
+    from fl_syft.scientist import runs
+
+    for fn in (runs.run, runs.resume, runs.run_over, runs.resume_over):
+        assert not {"pooled", "shards", "rows", "data_rows"} & set(inspect.signature(fn).parameters), fn.__name__

@@ -23,8 +23,9 @@ from fl_syft.common.accounting import epsilon
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.partition import PartitionSpec
 from fl_syft.owner.datasite import shard_sha256
-from fl_syft.owner.launch import LaunchOptions, free_base_port, owner_policy
+from fl_syft.owner.launch import LaunchOptions, free_base_port
 from fl_syft.owner.ledger import DeltaChanged, Ledger, LedgerStore, open_site_ledger, summary
+from fl_syft.owner.policy import owner_policy
 from fl_syft.owner.serve import ServeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_every_owner_command_takes_the_reset_flag(command, tmp_path):
 
 def test_secure_aggregation_can_be_required_before_the_peers_are_known():
     policy = owner_policy(require_secure_aggregation=True)  # the launcher fills in its own sites
-    assert policy["require_secure_aggregation"] and not policy["peers"]
+    assert policy.privacy.require_secure_aggregation and not policy.privacy.peers
     with pytest.raises(ConfigError, match="needs the federation's peers"):
         ServeOptions(data="x.npz", name="a", policy=policy).check()  # serve: only with --peers
     ServeOptions(data="x.npz", name="a", policy=owner_policy(require_secure_aggregation=True,
@@ -254,7 +255,7 @@ def test_the_launcher_can_require_secure_aggregation(small_idx, tmp_path):
         sites = connect(read_connection(connection), ds_password(connection), FedAvg.functions)
         assert sites[0].privacy()["policy"]["require_secure_aggregation"] is True
         assert set(sites[0].privacy()["policy"]["peers"]) == {"site-1", "site-2"}  # the launcher's own sites
-        config = FedAvg(FedAvgSettings(rounds=1, local_iters=2)).site_config()
+        config = FedAvg(FedAvgSettings(local_iters=2)).configure({})[1]
         with pytest.raises(SiteRefused, match="site-1 refused ml_experiment: .*this site requires secure aggregation"):
             sites[0].call("ml_experiment", {}, config)  # a plain call: the site's guard refuses it
         assert main(["run", "--connection", str(connection), "--data", f"idx:{small_idx}", "--rounds", "1",

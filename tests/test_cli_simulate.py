@@ -9,7 +9,7 @@ from conftest import PLAIN
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
 from fl_syft.scientist.evaluate import score
-from fl_syft.scientist.report import load_model
+from fl_syft.scientist.outputs import load_model
 
 
 def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path):
@@ -35,8 +35,8 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--partition", "dirichlet", "--alpha", "0"], "--alpha must be > 0, got 0.0"),
     (["--partition", "sizes", "--sizes", "2000,2000"], "--sizes add up to 4000 rows but the data has 3000"),
     (["--data", "s3://mnist"], "unknown data source 's3://mnist'"),
-    (["--local-iters", "-1"], "--local-iters must be at least 1"),
-    (["--C", "0"], "--C must be > 0"),
+    (["--local-iters", "-1"], "--local-iters -1 is outside [1, 1000] (what the sites admit)"),
+    (["--C", "0"], "--C 0.0 is outside [0.0001, 10000] (what the sites admit)"),
     (["--sizes", "1,x"], "expected comma-separated integers"),
     (["--rounds", "five"], "invalid int value: 'five'"),
     # a flag the chosen partition would ignore is refused, not silently dropped

@@ -1,7 +1,18 @@
 import numpy as np
 import pytest
 
-from fl_syft.scientist.aggregate import SiteResultError, fedavg, validate_result
+from fl_syft.scientist.aggregate import SiteResultError, validate_result
+from fl_syft.scientist.algorithms import FedAvg
+
+ZERO = {"coef": np.zeros((10, 784)), "intercept": np.zeros(10)}
+
+
+def fedavg(results: dict, received: dict = ZERO) -> dict:
+    """FedAvg's round as the runner does it: each answer validated, summed, then aggregated."""
+    algorithm = FedAvg()
+    for site, result in results.items():
+        algorithm.validate(site, result)
+    return algorithm.aggregate(received, algorithm.summed.of(list(results.values())))
 
 
 def _result(value: float, n: int, classes=range(10)) -> dict:
@@ -19,7 +30,7 @@ def test_sample_weighted_mean():
 
 
 def test_single_site_is_identity():
-    r = _result(0.5, 7)
+    r = _result(0.5, 70)
     assert np.array_equal(fedavg({"a": r})["coef"], r["coef"])
 
 
@@ -30,9 +41,11 @@ def test_class_rows_average_only_over_sites_holding_the_class():
     assert np.allclose(avg["coef"][:5], 2.0) and np.allclose(avg["coef"][5:], 3.0)
 
 
-def test_class_no_site_holds_is_plain_average():
-    avg = fedavg({"a": _result(1.0, 100, range(9)), "b": _result(3.0, 300, range(9))})
-    assert np.allclose(avg["coef"][9], 2.5)
+def test_class_no_site_holds_keeps_the_received_row():
+    received = {"coef": np.full((10, 784), 7.0), "intercept": np.full(10, 7.0)}
+    avg = fedavg({"a": _result(1.0, 100, range(9)), "b": _result(3.0, 300, range(9))}, received)
+    assert np.allclose(avg["coef"][9], 7.0) and np.allclose(avg["intercept"][9], 7.0)
+    assert np.allclose(avg["coef"][:9], 2.5)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -58,6 +71,14 @@ def test_non_dict_result():
         validate_result("s", np.zeros((5, 785)))
 
 
-def test_empty():
-    with pytest.raises(ValueError, match="at least one site"):
-        fedavg({})
+def test_settings_outside_what_the_sites_admit_are_refused_before_anything_is_sent():
+    from fl_syft.common.errors import ConfigError
+    from fl_syft.common.protocol import ML_EXPERIMENT
+    from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+    from fl_syft.scientist.algorithms.private import PrivateSettings
+
+    with pytest.raises(ConfigError, match=r"lr 200 is outside \[0.0001, 100\]"):
+        PrivateSettings(lr=200).check()
+    with pytest.raises(ConfigError, match=r"local_iters 0 is outside \[1, 1000\]"):
+        FedAvgSettings(local_iters=0).check()
+    assert FedAvg().configure({})[1] == ML_EXPERIMENT.defaults()  # the scientist's defaults are the site's

@@ -43,7 +43,7 @@ def test_hostile_requests_are_all_denied(deployment, tmp_path):
             tried[case] = f"refused at submission: {type(e).__name__}"
 
     attempt("returns its data", new_scientist(deployment, "h1"), leak)
-    one_line = function_from_source(changed('"local_iters": 20', '"local_iters": 2000'), "ml_experiment", tmp_path)
+    one_line = function_from_source(changed('warm_start=True', 'warm_start=False'), "ml_experiment", tmp_path)
     attempt("ml_experiment with one changed line", new_scientist(deployment, "h2"), one_line,
             global_params=dict, config=dict)
     body = function_from_source("def ml_experiment(data, global_params, config):\n    return {'coef': data}\n",

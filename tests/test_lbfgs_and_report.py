@@ -7,10 +7,9 @@ from conftest import PLAIN, plain_policy
 from fl_syft.cli import build_parser, main, partition_spec
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import SCENARIOS, PartitionSpec, label_histogram, make_shards
-from fl_syft.scientist import baselines
 from fl_syft.scientist.aggregate import SiteResultError, sum_gradients
 from fl_syft.scientist.algorithms.lbfgs import Lbfgs, LbfgsSettings
-from fl_syft.simulate import local_sites
+from fl_syft.simulate import centralized, local_sites
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +20,9 @@ def small(small_idx):
 def test_federated_lbfgs_reaches_the_pooled_optimum_under_label_skew(small):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(kind="dirichlet", sites=5, alpha=0.1))
     assert min(len(np.unique(s[:, -1])) for s in shards) < 10  # some sites lack classes
-    params, history = Lbfgs(LbfgsSettings(rounds=500, C=0.1)).run(local_sites(shards, plain_policy()), small.X_test,
-                                                                   small.y_test)
-    pooled = baselines.centralized(shards, 0.1, small.X_test, small.y_test)
+    params, history = Lbfgs(LbfgsSettings(C=0.1)).run(local_sites(shards, plain_policy()), small.X_test, small.y_test,
+                                                      rounds=500)
+    pooled = centralized(shards, 0.1, small.X_test, small.y_test)
     assert np.abs(params["coef"] - pooled["params"]["coef"]).max() < 0.05 * np.abs(pooled["params"]["coef"]).max()
     assert abs(history[-1]["global_test_accuracy"] - pooled["test_accuracy"]) <= 0.005
     assert len(history) < 500 and history[-1]["objective"] < history[0]["objective"]

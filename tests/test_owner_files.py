@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_syft.common.data import DataError, load_shard, write_idx
+from fl_syft.common.data import DataError, write_idx
+from fl_syft.owner.data import load_shard
 
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, (30, 784), dtype=np.uint8)

@@ -23,7 +23,9 @@ from syft_helpers import login, running_deployment
 from fl_syft.common.accounting import epsilon, noise_for
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import PartitionSpec, make_shards
-from fl_syft.owner.launch import ADMIN_EMAIL, owner_policy
+from fl_syft.common.protocol import ML_EXPERIMENT_DP
+from fl_syft.owner.launch import ADMIN_EMAIL
+from fl_syft.owner.policy import owner_policy
 from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
@@ -243,11 +245,15 @@ def test_6_concurrent_calls_cannot_both_pass_when_only_one_fits(small_idx, tmp_p
         fresh.close()
 
 
-def test_the_site_draws_its_own_noise(site_rows):
-    """A config cannot carry a seed: two identical calls give different answers."""
-    config = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": 5.0,
-              "privacy": {"clip": 1.0, "rows": 1500}}
+def test_the_site_draws_its_own_noise(site_rows, tmp_path):
+    """A config cannot carry a seed (the site's guard refuses it): two identical calls give different answers."""
+    from fl_syft.owner.guard import Refused
+    from fl_syft.simulate import local_sites
+
+    asked = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": 5.0}
+    config = {**ML_EXPERIMENT_DP.complete(asked), "privacy": {"clip": 1.0, "rows": 1500}}
     assert not np.array_equal(ml_experiment(site_rows, {}, config)["coef"],
                               ml_experiment(site_rows, {}, config)["coef"])
-    with pytest.raises(ValueError, match="unknown config keys"):
-        ml_experiment(site_rows, {}, {**config, "seed": 0})
+    guard = local_sites([site_rows], owner_policy(), tmp_path)[0].guard
+    with pytest.raises(Refused, match=r"unknown config keys \['seed'\]"):
+        guard.admit("ml_experiment", {}, {**asked, "seed": 0})

@@ -10,7 +10,7 @@ from conftest import error_line
 from syft_helpers import audit, run_notebook, running_deployment
 
 from fl_syft.cli import main
-from fl_syft.owner.launch import owner_policy
+from fl_syft.owner.policy import owner_policy
 
 pytestmark = pytest.mark.syft
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
@@ -12,9 +13,10 @@ from conftest import synthetic_shard
 
 from fl_syft.common.accounting import epsilon, epsilon_of_event, noise_for
 from fl_syft.common.errors import ConfigError
+from fl_syft.common.protocol import ML_EXPERIMENT, ML_EXPERIMENT_DP, Refusal
 from fl_syft.owner.guard import Guard, Refused
-from fl_syft.owner.launch import owner_policy
 from fl_syft.owner.ledger import BudgetExceeded, Ledger, summary
+from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist.privacy import plan
 from fl_syft.simulate import local_sites
 from fl_syft.vetted.local_training import ml_experiment
@@ -99,14 +101,16 @@ def guard(tmp_path, **policy) -> Guard:
 
 
 @pytest.mark.parametrize("config, reason", [
-    ({**DP, "local_steps": 5000}, "config local_steps=5000 is outside this site's bounds [1, 100]"),
-    ({**DP, "noise_multiplier": 0.01}, "config noise_multiplier=0.01 is outside this site's bounds [0.5, 1e+06]"),
+    ({**DP, "local_steps": 5000}, "config local_steps=5000 is outside [1, 100]"),
+    ({**DP, "noise_multiplier": 0.01}, "config noise_multiplier=0.01 is outside [0.5, 1e+06]"),
     ({**DP, "privacy": {"clip": 1e9, "rows": 1}}, "config key 'privacy' is set by the data owner's site"),
     ({**DP, "holdout": 0.999}, "unknown config keys ['holdout']"),
     ({k: v for k, v in DP.items() if k != "noise_multiplier"}, "config must set noise_multiplier"),
     ({**DP, "local_steps": 2.5}, "must be an integer"),
-    ({**DP, "lr": float("nan")}, "outside this site's bounds"),
-    ({**DP, "frequencies": 29}, "config frequencies=29 is outside this site's bounds [1, 28]"),
+    ({**DP, "lr": float("nan")}, "config lr=nan is outside [0.0001, 100]"),
+    ({**DP, "lr": 10**400}, "is outside [0.0001, 100]"),  # too large for a float: refused, not an error
+    ({**DP, "momentum": True}, "config momentum=True is outside [0, 0.99]"),  # bool is not a number here
+    ({**DP, "frequencies": 29}, "config frequencies=29 is outside [1, 28]"),
 ])
 def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp_path, config, reason):
     g = guard(tmp_path)
@@ -178,11 +182,71 @@ def test_guard_charges_private_runs_before_they_run_and_not_the_mock(tmp_path):
 
 def test_without_dp_the_row_minimum_still_applies(tmp_path):
     g = guard(tmp_path, epsilon=None, min_rows=500)
-    assert g.admit("ml_experiment", ZEROS, {"holdout": 0.2}) == {"holdout": 0.2}
-    with pytest.raises(Refused, match="config would train or evaluate on 150 rows; this site's minimum is 500"):
-        g.admit("ml_experiment", ZEROS, {"holdout": 0.05})
-    with pytest.raises(Refused, match=r"outside this site's bounds \[0, 0.5\]"):
+    assert g.admit("ml_experiment", ZEROS, {"holdout": 0.2}) == ML_EXPERIMENT.complete({"holdout": 0.2})
+    for config in ({"holdout": 0.05}, {}):  # unset: the default holdout, 0.05, holds out 150 rows
+        with pytest.raises(Refused, match="config would train or evaluate on 150 rows; this site's minimum is 500"):
+            g.admit("ml_experiment", ZEROS, config)
+    with pytest.raises(Refused, match=r"config holdout=0.999 is outside \[0, 0.5\]"):
         g.admit("ml_experiment", ZEROS, {"holdout": 0.999})
+
+
+# --- the schemas, as the guard applies them -------------------------------------------------------
+
+RANGED = [(dp, key) for dp, keys in ((False, ML_EXPERIMENT), (True, ML_EXPERIMENT_DP))
+          for key in keys.keys if key.kind is not bool and key.high is not None]
+
+
+@pytest.mark.parametrize("dp, key", RANGED, ids=[f"{'dp' if dp else 'plain'}-{key.name}" for dp, key in RANGED])
+def test_the_guard_admits_each_schema_range_and_nothing_past_it(tmp_path, dp, key):
+    g = guard(tmp_path, **({} if dp else {"epsilon": None}))
+    base = DP if dp else {}
+    low = g.policy.min_noise if key.low is None else key.low  # the noise floor is the owner's
+    for value in (low, key.high):
+        admitted = g.admit("ml_experiment", ZEROS, {**base, key.name: value}, on_private_rows=False)
+        assert admitted[key.name] == value
+    step = (lambda v, to: v + (1 if to > v else -1)) if key.kind is int else math.nextafter
+    for value in (step(low, -math.inf), step(key.high, math.inf)):
+        with pytest.raises(Refused, match=re.escape(f"config {key.name}={value!r} is outside [{low:g}, {key.high:g}]")):
+            g.admit("ml_experiment", ZEROS, {**base, key.name: value}, on_private_rows=False)
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_an_unset_key_runs_at_its_schema_default(tmp_path, dp):
+    """What the vetted function gets from the guard: every key, the unset ones at the schema's default."""
+    g = guard(tmp_path, **({} if dp else {"epsilon": None}))
+    keys, required = (ML_EXPERIMENT_DP, {"local_steps": 1, "noise_multiplier": 20.0}) if dp else (ML_EXPERIMENT, {})
+    unset = g.admit("ml_experiment", ZEROS, required, on_private_rows=False)
+    assert unset == g.admit("ml_experiment", ZEROS, keys.complete(required), on_private_rows=False)
+    assert {k: v for k, v in unset.items() if k != "privacy"} == {**keys.defaults(), **required}
+    if not dp:  # the same round either way (under DP the noise differs call to call)
+        rows = synthetic_shard(3000)
+        a, b = (g.call("ml_experiment", rows, ZEROS, c) for c in (required, ML_EXPERIMENT.defaults()))
+        assert all(np.array_equal(a[k], b[k]) for k in a if k != "seconds")
+
+
+@pytest.mark.parametrize("function, config, reason", [
+    ("ml_experiment", {"max_iter": 5}, "unknown config keys ['max_iter']; this site allows ['C', 'holdout', "),
+    ("lr_loss_grad", {"C": 1.0}, "unknown config keys ['C']; this site allows []"),
+    ("ml_experiment", {"logit_adjust": 1}, "config logit_adjust=1 must be a bool"),
+    ("ml_experiment", {"seed": 1.0}, "config seed=1.0 must be a int"),
+])
+def test_without_dp_the_guard_refuses_what_no_schema_admits(tmp_path, function, config, reason):
+    with pytest.raises(Refused, match=re.escape(reason)):
+        guard(tmp_path, epsilon=None).admit(function, ZEROS, config)
+
+
+@pytest.mark.parametrize("what, reason", [
+    ("ml_experiment", "config lr=200 is outside [0.0001, 100]"),
+    ("secure aggregation", "round 1: the keys given for site-3 are not signed by site-3: [x]\nsecond line"),
+])
+def test_a_refusal_reads_back_from_the_error_text_pysyft_wraps_it_in(what, reason):
+    from syft.types.errors import SyftException
+
+    refusal = Refusal("site-1", what, reason)
+    wrapped = f"Traceback (most recent call last):\n  ...\nsyft.types.errors.SyftException: " \
+              f"{SyftException(public_message=str(refusal))}\n\nServer Trace: ..."
+    assert Refusal.find(wrapped) == refusal and Refusal.find(str(refusal)) == refusal
+    assert Refusal.find(refusal.line) is None  # without its tag: an error, not a refusal
 
 
 # --- the scientist's plan -------------------------------------------------------------------------
@@ -215,7 +279,8 @@ def test_plan_without_dp_refuses_an_epsilon(tmp_path):
 # --- the DP step inside the site ------------------------------------------------------------------
 
 def private(config: dict, rows: int = 3000) -> dict:
-    return {**config, "privacy": {"clip": 1.0, "rows": rows}}
+    """A DP config as the site's guard completes it for the vetted function."""
+    return {**ML_EXPERIMENT_DP.complete(config), "privacy": {"clip": 1.0, "rows": rows}}
 
 
 def test_dp_step_returns_only_the_model_and_fresh_noise_every_call():
@@ -255,35 +320,33 @@ def test_one_row_moves_a_noiseless_step_by_at_most_the_clip():
     assert 0 < moved <= 1.0 * 1.0 / 3000 * (1 + 1e-3)
 
 
-def test_secure_rounds_apply_the_sites_momentum_step_to_the_sum(tmp_path, monkeypatch):
-    """Under secure aggregation a site gets the model alone and only its step direction is summed;
-    the scientist's momentum on the sum gives the model and velocity that averaging the sites'
-    own momentum steps gives (the same noise drawn in both)."""
-    from fl_syft.common.secagg import summable
-    from fl_syft.scientist.algorithms.fedavg import FedAvgSettings, PrivateFedAvg, SecurePrivateFedAvg
-    from fl_syft.scientist.secagg import Round
+def test_one_step_rounds_apply_the_sites_momentum_step_to_the_average(tmp_path, monkeypatch):
+    """With one noisy step per round (always, with secure aggregation) a site gets the model alone and
+    only its step direction is summed; the scientist's momentum on the average gives the model and
+    velocity that averaging the sites' own momentum steps gives (the same noise drawn in both)."""
+    from fl_syft.scientist.algorithms import FedAvg
+    from fl_syft.scientist.algorithms.private import Private, PrivateSettings
 
-    settings = FedAvgSettings(rounds=2, local_steps=1, lr=3.0, momentum=0.8, frequencies=10)
-    the_plan = plan(statuses(tmp_path), releases=2).to_dict()
-    plain, secure = PrivateFedAvg(settings, the_plan), SecurePrivateFedAvg(settings, the_plan, threshold=2)
+    data = {**plan(statuses(tmp_path), releases=2).to_dict(), "rounds": 2}
+    algorithm = Private(FedAvg(), data, PrivateSettings(local_steps=1, lr=3.0, momentum=0.8, frequencies=10))
     shards, rows = [synthetic_shard(3000), synthetic_shard(2000, seed=1)], [2990, 2010]  # noisy counts
     rng = np.random.default_rng(5)
     model = {"coef": rng.normal(0, 0.01, (10, 784)), "intercept": rng.normal(0, 0.1, 10),
              "velocity_coef": rng.normal(0, 0.01, (10, 784)), "velocity_intercept": rng.normal(0, 0.1, 10)}
 
-    def answers(params: dict) -> dict[str, dict]:
-        config = plain.site_config()
-        out = {}
+    def answers(params: dict, config: dict) -> list[dict]:
+        out = []
         for i, (shard, n) in enumerate(zip(shards, rows, strict=True)):
             monkeypatch.setattr(np.random, "default_rng", lambda *_, i=i: np.random.Generator(np.random.PCG64(i)))
-            out[f"site-{i + 1}"] = ml_experiment(shard, params, private(config, rows=n))
+            out.append(ml_experiment(shard, params, private(config, rows=n)))
         return out
 
-    expected = plain.aggregate(model, answers(model))
-    sent = {key: model[key] for key in SecurePrivateFedAvg.SENT}
-    summed = sum(summable(r, list(secure.fields), secure.weight) for r in answers(sent).values())
-    secure._round = Round(summed, ["site-1", "site-2"], {})
-    got = secure.aggregate(model, {})
-    assert set(got) == set(expected)
-    for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-12)
+    sent, config = algorithm.configure(model)
+    assert set(sent) == {"coef", "intercept"}  # the momentum stays with the scientist
+    got = algorithm.aggregate(model, algorithm.summed.of(answers(sent, config)))
+    own = answers(model, config)  # each site's own momentum step from the full state, averaged by rows
+    weights = np.array(rows, np.float64) / sum(rows)
+    assert set(got) == set(model)
+    for key in model:
+        expected = np.einsum("s,s...->...", weights, np.stack([r[key] for r in own]))
+        np.testing.assert_allclose(got[key], expected, rtol=1e-9, atol=1e-12)

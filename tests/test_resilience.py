@@ -14,7 +14,7 @@ from conftest import error_line
 from syft_helpers import audit, login, running_deployment
 
 from fl_syft.cli import main
-from fl_syft.scientist.report import load_model
+from fl_syft.scientist.outputs import load_model
 
 pytestmark = pytest.mark.syft
 

@@ -19,7 +19,7 @@ from test_secagg_units import Relay, split_views
 from fl_syft.common import secagg
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import PartitionSpec, make_shards
-from fl_syft.owner.launch import owner_policy
+from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.scientist.rounds import SiteRefused
@@ -27,8 +27,8 @@ from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
 NAMES = [f"site-{i}" for i in range(1, 6)]
-CONFIG = FedAvg(FedAvgSettings(rounds=1, local_iters=3, holdout=0.0)).site_config()
-FIELDS, WEIGHT = ("coef", "intercept"), "held_rows"  # as SecureFedAvg sums them
+CONFIG = FedAvg(FedAvgSettings(local_iters=3, holdout=0.0)).configure({})[1]
+FIELDS, WEIGHT = list(FedAvg.summed.fields), FedAvg.summed.weight  # as secure FedAvg sums them
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_split_survivor_views_and_a_short_mask_set_reveal_nothing_of_site_1(depl
     split_views(attacker, NAMES)
     assert attacker.revealed == {} and sorted(attacker.refused) == NAMES  # every site refused to unmask
     for name, why in attacker.refused.items():
-        assert f"{name} refused: round 1: " in why[-1] and "did not sign the survivors" in why[-1]
+        assert f"{name} refused secure aggregation: round 1: " in why[-1] and "did not sign the survivors" in why[-1]
         assert "\n" not in why[-1]
     assert attacker.unmaskable(truth) == []
     assert attacker.best_correlation("site-1", truth["site-1"]) < 0.85
@@ -148,7 +148,7 @@ def test_malformed_endpoint_arguments_are_one_line_refusals_and_the_round_comple
         with pytest.raises(SiteRefused, match=why) as refused:
             site.secagg(steps)
         message = str(refused.value)
-        assert message.startswith("site-1 refused: ") and "\n" not in message and len(message) < 300
+        assert message.startswith("site-1 refused secure aggregation: ") and "\n" not in message and len(message) < 300
     assert (used.read_text() if used.exists() else "") == before  # nothing stored, no round burned
     # A record an older version stored (a list as session) must not stop the site from restarting.
     with used.open("a") as f:

@@ -11,16 +11,16 @@ from syft_helpers import run_notebook, running_deployment
 from fl_syft.common import secagg
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import PartitionSpec, make_shards
-from fl_syft.owner.launch import owner_policy
-from fl_syft.scientist.aggregate import fedavg
+from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
-from fl_syft.scientist.pipeline import train_and_report
 from fl_syft.scientist.rounds import SiteRefused, SitesFailed
+from fl_syft.scientist.runs import RunRequest, run
 from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
-SETTINGS = FedAvgSettings(rounds=2, local_iters=3, holdout=0.0)
+SETTINGS = {"local_iters": 3, "holdout": 0.0}
+REQUEST = RunRequest(settings=SETTINGS, rounds=2, secure=True, config={"command": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,9 @@ def expected_round(small, names: list[str], params: dict) -> dict:
     """What plain FedAvg over these sites' shards gives from ``params`` (computed from the rows)."""
     shards = dict(zip([f"site-{i}" for i in range(1, 6)],
                       make_shards(small.X_train, small.y_train, PartitionSpec(sites=5)), strict=True))
-    config = FedAvg(SETTINGS).site_config()
-    return fedavg({n: ml_experiment(shards[n], params, config) for n in names})
+    algorithm = FedAvg(FedAvgSettings(**SETTINGS))
+    config = algorithm.configure(params)[1]
+    return algorithm.aggregate(params, algorithm.summed.of([ml_experiment(shards[n], params, config) for n in names]))
 
 
 def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, small, capsys):
@@ -52,8 +53,7 @@ def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, 
     seen = []
     real = sites[0].call
     sites[0].call = lambda *a: seen.append(real(*a)) or seen[-1]  # what the scientist receives from site-1
-    outcome = train_and_report(sites, FedAvg(SETTINGS), small.X_test, small.y_test, {"command": "test"},
-                               secure=True)
+    outcome = run(sites, REQUEST, small.X_test, small.y_test)
     record = outcome.history[0]
     assert record["secure_aggregation"]["survivors"] == [f"site-{i}" for i in range(1, 6)]
     assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "masking", "unmask"}
@@ -82,8 +82,7 @@ def test_a_site_killed_between_keys_and_update_is_recovered(deployment, small):
 
     doomed.call = die_then_call
     try:
-        outcome = train_and_report(sites, FedAvg(FedAvgSettings(rounds=1, local_iters=3, holdout=0.0)),
-                                   small.X_test, small.y_test, {"command": "test"}, secure=True)
+        outcome = run(sites, RunRequest(settings=SETTINGS, rounds=1, secure=True), small.X_test, small.y_test)
     finally:
         deployment.restart("site-5")
     record = outcome.history[0]
@@ -100,7 +99,8 @@ def test_a_substituted_key_is_detected(deployment):
     adverts = {s.name: s.secagg({"advertise": {"session": "f0f0", "rnd": 1}})["advertise"] for s in sites}
     _, mine = secagg.keypair()
     adverts["site-3"] = {**adverts["site-3"], "s_pk": mine}
-    with pytest.raises(SiteRefused, match="site-1 refused: round 1: the keys given for site-3 are not signed by"):
+    with pytest.raises(SiteRefused, match="site-1 refused secure aggregation: round 1: the keys given for site-3 "
+                                          "are not signed by"):
         sites[0].secagg({"share_keys": {"session": "f0f0", "rnd": 1, "adverts": adverts}})
 
 
@@ -128,7 +128,7 @@ def test_different_models_to_different_sites_leave_nothing_to_unmask(deployment,
     sites[0].call = lambda function, params, config: real(
         function, {"coef": np.full((10, 784), 0.01), "intercept": np.zeros(10)}, config)  # site-1 gets another model
     with pytest.raises(SitesFailed, match="only 0 sites answered the unmasking"):
-        train_and_report(sites, FedAvg(SETTINGS), small.X_test, small.y_test, {"command": "test"}, secure=True)
+        run(sites, REQUEST, small.X_test, small.y_test)
 
 
 def test_distributed_noise_under_dp_charges_the_central_noise(small_idx, small, tmp_path):
@@ -136,8 +136,8 @@ def test_distributed_noise_under_dp_charges_the_central_noise(small_idx, small, 
     deployment = next(fresh)
     try:
         sites = sites_of(deployment)
-        outcome = train_and_report(sites, FedAvg(FedAvgSettings(rounds=3)), small.X_test, small.y_test,
-                                   {"command": "test"}, epsilon=1.0, secure=True, out=tmp_path / "out")
+        outcome = run(sites, RunRequest(rounds=3, epsilon=1.0, secure=True, out=tmp_path / "out",
+                                        config={"command": "test"}), small.X_test, small.y_test)
         record = outcome.history[-1]
         assert record["secure_aggregation"]["threshold"] == 2
         spent = [s.privacy()["epsilon_spent"] for s in sites]

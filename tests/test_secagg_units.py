@@ -352,18 +352,18 @@ def test_a_secure_fedavg_runs_again_in_the_same_process(tmp_path, small_idx):
     own thread pool, the secure session carries on."""
     from fl_syft.common.data import load_mnist
     from fl_syft.common.partition import PartitionSpec, make_shards
-    from fl_syft.owner.launch import owner_policy
-    from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
+    from fl_syft.owner.policy import owner_policy
+    from fl_syft.scientist.algorithms import State, build
+    from fl_syft.scientist.runs import RunRequest
     from fl_syft.simulate import local_sites
 
     small = load_mnist(f"idx:{small_idx}")
     sites = local_sites(make_shards(small.X_train, small.y_train, PartitionSpec(sites=3)),
                         owner_policy(epsilon=None, min_rows=10), tmp_path)
-    algo = FedAvg(FedAvgSettings(rounds=1, local_iters=2, holdout=0.0)).for_privacy([s.privacy() for s in sites],
-                                                                                    secure=True)
-    params, history = algo.run(sites, small.X_test, small.y_test)
-    algo.settings = algo.settings.__class__(**{**algo.settings.__dict__, "rounds": 2})
-    _, history = algo.run(sites, small.X_test, small.y_test, params=params, history=history)
+    request = RunRequest(settings={"local_iters": 2, "holdout": 0.0}, secure=True)
+    algo = build("fedavg", request.settings, [s.privacy() for s in sites], request)
+    params, history = algo.run(sites, small.X_test, small.y_test, rounds=1)
+    _, history = algo.run(sites, small.X_test, small.y_test, rounds=2, state=State(params, history))
     assert [r["round"] for r in history] == [1, 2] and history[1]["secure_aggregation"]["survivors"]
 
 

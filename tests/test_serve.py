@@ -81,7 +81,7 @@ def test_serve_refuses_a_bad_file_in_one_line(tmp_path, capsys, content, message
 def test_owners_who_list_each_other_as_peers_aggregate_securely(small_idx, tmp_path, monkeypatch):
     """Each owner starts once (the site makes its identity and prints its verify key), the owners
     exchange keys (--peers), restart with --keep, and the scientist learns only the sums."""
-    from fl_syft.owner.launch import site_identity
+    from fl_syft.owner.provision import site_identity
 
     small = load_mnist(f"idx:{small_idx}")
     files = [tmp_path / "a.npz", tmp_path / "b.npz"]

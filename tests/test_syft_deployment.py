@@ -68,7 +68,7 @@ def test_foreign_function_is_denied_and_returns_nothing(deployment):
 
 def test_copy_with_one_extra_line_is_denied(deployment, tmp_path):
     source = textwrap.dedent(inspect.getsource(ml_experiment)).replace(
-        "    started = time.perf_counter()\n", "    started = time.perf_counter()\n    config = dict(config)\n")
+        "    import time\n", "    import time\n    config = dict(config)\n")
     assert source != textwrap.dedent(inspect.getsource(ml_experiment))
     client = login(deployment.connection_file)
     submit(client, function_from_source(source, "ml_experiment", tmp_path), global_params=dict, config=dict)
@@ -81,7 +81,7 @@ def test_vetted_function_is_approved_and_a_round_runs(deployment, small):
     # Runs after a denied ml_experiment of the same name exists: the right one must be used.
     conn = deployment.connection_file
     sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
-    params, history = FedAvg(FedAvgSettings(rounds=1, local_iters=5)).run(sites, small.X_test, small.y_test)
+    params, history = FedAvg(FedAvgSettings(local_iters=5)).run(sites, small.X_test, small.y_test, rounds=1)
     assert params["coef"].shape == (10, 784)
     assert history[0]["global_test_accuracy"] > 0.6
     assert sum(m["n_samples"] for m in history[0]["sites"].values()) == int(3000 * 0.95)
@@ -124,12 +124,12 @@ def test_audit_log_records_every_decision(deployment):
 
 
 def test_pysyft_run_equals_simulation(deployment, small, small_idx):
-    fedavg = FedAvg(FedAvgSettings(rounds=2, local_iters=5))
+    fedavg = FedAvg(FedAvgSettings(local_iters=5))
     conn = deployment.connection_file
     sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
-    remote, _ = fedavg.run(sites, small.X_test, small.y_test)
+    remote, _ = fedavg.run(sites, small.X_test, small.y_test, rounds=2)
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
-    local, _ = fedavg.run(local_sites(shards, plain_policy()), small.X_test, small.y_test)
+    local, _ = fedavg.run(local_sites(shards, plain_policy()), small.X_test, small.y_test, rounds=2)
     assert np.abs(remote["coef"] - local["coef"]).max() <= 1e-6
     assert np.abs(remote["intercept"] - local["intercept"]).max() <= 1e-6
 

@@ -3,9 +3,9 @@
 The owner sets it when the site starts (``--dp-epsilon``, ``--dp-delta``, ``--no-dp``, ...);
 the site stores it, enforces it on every call (``fl_syft.owner.guard``) and publishes it, so
 the scientist can plan a run. Everything privacy-relevant is here, never in the scientist's
-config: the clipping norm, the lowest noise a call may ask for, the minimum rows, and the
-allowed range of every config key of every vetted function. Shared by both sides: the owner
-enforces it, the scientist reads it.
+config: the clipping norm, the lowest noise a call may ask for, the minimum rows; the allowed
+range of every config key of every vetted function is its schema's (``common.protocol``), which
+the policy publishes. Shared by both sides: the owner enforces it, the scientist reads it.
 """
 
 from __future__ import annotations
@@ -14,21 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fl_syft.common.errors import ConfigError
+from fl_syft.common.protocol import SCHEMAS
 
 DEFAULT_EPSILON = 1.0
 DEFAULT_DELTA = 1e-5
-
-# function -> config key -> (low, high) inclusive, or the allowed type for flags and seeds.
-# Without DP, ml_experiment trains with scikit-learn; with DP it takes noisy gradient steps.
-PLAIN_BOUNDS: dict[str, dict[str, Any]] = {
-    "ml_experiment": {"local_iters": (1, 1000), "C": (1e-4, 1e4), "holdout": (0.0, 0.5), "seed": int,
-                      "logit_adjust": bool},
-    "lr_loss_grad": {},
-}
-DP_BOUNDS: dict[str, dict[str, Any]] = {
-    "ml_experiment": {"local_steps": (1, 100), "lr": (1e-4, 100.0), "momentum": (0.0, 0.99), "l2": (0.0, 1.0),
-                      "frequencies": (1, 28), "noise_multiplier": (None, 1e6)},  # low: the policy's min_noise
-}
 
 
 @dataclass(frozen=True)
@@ -60,17 +49,20 @@ class PrivacyPolicy:
     peers: dict = field(default_factory=dict)
     threshold: int | None = None
     require_secure_aggregation: bool = False
-    bounds: dict = field(default_factory=dict)  # as PLAIN_BOUNDS / DP_BOUNDS; filled in from them
 
     def __post_init__(self) -> None:
-        if not self.bounds:
-            object.__setattr__(self, "bounds", DP_BOUNDS if self.dp else PLAIN_BOUNDS)
         if self.peers and self.threshold is None:
             object.__setattr__(self, "threshold", len(self.peers) // 2 + 1)
 
     @property
     def dp(self) -> bool:
         return self.epsilon is not None
+
+    @property
+    def bounds(self) -> dict[str, dict[str, Any]]:
+        """function -> config key -> (low, high) inclusive (low None: ``min_noise``), or the type of
+        a flag or seed: the schemas of the functions this site runs (as its guard checks them)."""
+        return {fn: s.bounds() for fn, s in SCHEMAS["dp" if self.dp else "plain"].items()}
 
     def check(self, rows: int | None = None) -> None:
         """Raise ConfigError (naming the owner's setting) for a policy that cannot protect ``rows`` rows."""
@@ -104,12 +96,15 @@ class PrivacyPolicy:
         return sorted(self.bounds)
 
     def to_dict(self) -> dict:
-        return {key: _plain_bounds(value) if key == "bounds" else value for key, value in asdict(self).items()}
+        """As JSON: the settings, and the bounds (types by name) for the scientist to read."""
+        bounds = {fn: {k: (v.__name__ if isinstance(v, type) else list(v)) for k, v in keys.items()}
+                  for fn, keys in self.bounds.items()}
+        return {**asdict(self), "bounds": bounds}
 
     @classmethod
     def from_dict(cls, doc: dict) -> PrivacyPolicy:
-        bounds = {fn: {k: _bound_from_json(v) for k, v in keys.items()} for fn, keys in doc.get("bounds", {}).items()}
-        return cls(**{**doc, "bounds": bounds})
+        """The policy of :meth:`to_dict` (its bounds follow from ``epsilon``: they are the schemas')."""
+        return cls(**{k: v for k, v in doc.items() if k != "bounds"})
 
     def describe(self) -> str:
         """One line for the owner's terminal and the scientist's report."""
@@ -128,11 +123,3 @@ def default_delta(rows: int) -> float:
     """1e-5, or smaller where the shard is large: always below 1/rows."""
     return min(DEFAULT_DELTA, 1.0 / (2 * rows))
 
-
-def _plain_bounds(bounds: dict) -> dict:
-    return {fn: {k: (v.__name__ if isinstance(v, type) else list(v)) for k, v in keys.items()}
-            for fn, keys in bounds.items()}
-
-
-def _bound_from_json(value: Any) -> Any:
-    return {"int": int, "bool": bool, "float": float}[value] if isinstance(value, str) else tuple(value)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from fl_syft.common.files import write_json, write_private
-from fl_syft.common.policy import PrivacyPolicy, default_delta
+from fl_syft.common.protocol import STATUS_PATH
+from fl_syft.owner.policy import OwnerPolicy
 
 log = logging.getLogger("fl_syft.datasite")
 
@@ -46,18 +47,19 @@ class SiteSpec:
     ds_password: str
     fresh: bool = True  # wipe earlier state (the launcher's default; --keep sets False)
     db_url: str | None = None
-    policy: dict = field(default_factory=lambda: PrivacyPolicy().to_dict())  # PrivacyPolicy; delta None: by rows
+    policy: OwnerPolicy = field(default_factory=OwnerPolicy)  # the owner's, for this site to resolve for its rows
 
     @property
     def dir(self) -> Path:
         return Path(self.state_dir)
 
     def save(self, path: Path) -> None:
-        write_private(path, json.dumps(asdict(self)))
+        write_private(path, json.dumps({**asdict(self), "policy": self.policy.to_dict()}))
 
     @classmethod
     def load(cls, path: Path) -> SiteSpec:
-        return cls(**json.loads(path.read_text()))
+        doc = json.loads(path.read_text())
+        return cls(**{**doc, "policy": OwnerPolicy.from_dict(doc["policy"])})
 
 
 def synthetic_mock(n_rows: int = MOCK_ROWS, seed: int = 0) -> np.ndarray:
@@ -148,7 +150,6 @@ def dataset_name(site: str) -> str:
 
 def run_site(spec: SiteSpec) -> None:
     """Build, prepare and serve one datasite until SIGTERM/SIGINT (blocking)."""
-    from fl_syft.owner import guard as guards
     from fl_syft.owner import syft_patches
     from fl_syft.owner.approval import Approver, reject_unapplied
     from fl_syft.owner.audit import AuditLog
@@ -173,7 +174,7 @@ def run_site(spec: SiteSpec) -> None:
     approver = Approver(server.root_client, _request_counter(server), spec.name, audit, reject_unapplied(server))
     guard = _install_guard(server, spec, private, audit, approver.vet)
     quota = syft_patches.ScientistQuota(spec.dir / "quota.json", int(guard.policy.storage_quota_mb * 2 ** 20))
-    syft_patches.scientist_api(server, quota, endpoints=frozenset({guards.STATUS_PATH}))
+    syft_patches.scientist_api(server, quota, endpoints=frozenset({STATUS_PATH}))
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
     _exit_with_parent()
     write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid(),
@@ -187,47 +188,29 @@ def shard_sha256(shard: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(shard).tobytes()).hexdigest()
 
 
-def site_policy_from(policy: dict, rows: int) -> PrivacyPolicy:
-    """The owner's policy (``launch.owner_policy``) for a site of ``rows`` rows: its delta, if
-    unset, below 1/rows; checked against the rows."""
-    doc = dict(policy)
-    if doc.get("delta") is None:
-        doc["delta"] = default_delta(rows)
-    site = PrivacyPolicy.from_dict(doc)
-    site.check(rows)
-    return site
-
-
 def _install_guard(server, spec: SiteSpec, private: np.ndarray, audit, vet: Callable[[object], object]):
-    """The owner's guard for this site, the only runner of code on ``private`` (the site's rows;
-    ``vet`` re-checks a call's code), and its privacy status published as the API endpoint
-    ``fl_syft.privacy``."""
+    """The owner's guard for this site (``owner.site.assemble``), made the only runner of code on
+    ``private`` (the site's rows; ``vet`` re-checks a call's code), and its privacy status
+    published as the API endpoint ``fl_syft.privacy``."""
     from fl_syft.owner import guard as guards
-    from fl_syft.owner.ledger import open_site_ledger
+    from fl_syft.owner.ledger import Ledger, open_site_ledger
+    from fl_syft.owner.site import assemble
 
-    rows = len(private)
-    policy = site_policy_from(spec.policy, rows)
-    ledger = None
-    if policy.dp:
-        data = json.loads((spec.dir / "data.json").read_text())
+    def open_ledger(total: float, delta: float) -> Ledger:
         # The rows' ledger, in the owner's store (<state root>/ledgers/): a fresh start keeps it.
-        ledger = open_site_ledger(spec.dir, data["sha256"], policy.epsilon, policy.delta)
-    secure = None
-    if policy.peers:
-        from fl_syft.owner.secagg import SecAggSite
+        data = json.loads((spec.dir / "data.json").read_text())
+        return open_site_ledger(spec.dir, data["sha256"], total, delta)
 
-        signing = server.signing_key.signing_key  # the datasite's own identity signs its round keys
-        secure = SecAggSite(spec.name, lambda message: signing.sign(message).signature, policy.peers,
-                            policy.threshold, spec.dir / "secagg.jsonl")
-    guard = guards.Guard(spec.name, policy, rows, ledger, audit.write, secure)
-    if policy.dp:
-        guard.publish_row_count()
+    # The datasite's own identity signs its round keys.
+    guard = assemble(spec.name, spec.policy, len(private), open_ledger=open_ledger,
+                     signing_key=server.signing_key.signing_key, secagg_journal=spec.dir / "secagg.jsonl",
+                     audit=audit.write)
     root = server.root_client
     # An unknown key is still audited, by its key.
     guards.install(guard, private, np.asarray(root.datasets[0].assets[0].mock),
                    lambda key: guards.account_email(server, key) or str(key), vet)
     guards.publish_status(root)
-    log.info("%s: %s", spec.name, policy.describe())
+    log.info("%s: %s", spec.name, guard.policy.describe())
     return guard
 
 

@@ -1,12 +1,14 @@
 """The data owner's policy, enforced inside the site on every call of a vetted function.
 
 The approver vets the *code*; the guard vets each *call*: the config the scientist sends is
-checked against the owner's bounds (a value outside them is refused with a one-line
-reason), the privacy-relevant parameters (clipping norm, the published noisy row count)
-come from the owner's policy, and under differential privacy every call on the private
-rows is charged to the site's ledger before it runs. PySyft's run of the same call on the
-synthetic mock is not charged. The guard is also the only thing that runs code on the rows:
-:meth:`Guard.call` runs the owner's own installed vetted function, never code from a request
+checked against the vetted function's schema (``common.protocol``: keys, exact types, the
+ranges the site admits; a value outside them is refused with a one-line reason) and completed
+with the schema's defaults, so the function always receives every key. The privacy-relevant
+parameters (clipping norm, the published noisy row count) come from the owner's policy, and
+under differential privacy every call on the private rows is charged to the site's ledger
+before it runs. PySyft's run of the same call on the synthetic mock is not charged. The guard
+is also the only thing that runs code on the rows: :meth:`Guard.call` runs the owner's own
+installed vetted function, never code from a request
 (:func:`install` makes it PySyft's executor in a datasite process; ``fl_syft.simulate`` calls
 the same :class:`Guard`).
 """
@@ -26,8 +28,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from fl_syft.common.errors import FlSyftError
-from fl_syft.common.model import N_CLASSES, N_FEATURES
 from fl_syft.common.policy import PrivacyPolicy
+from fl_syft.common.protocol import (
+    MODEL_SHAPES,
+    PARAM_SHAPES,
+    PRIVACY_KEY,
+    REQUIRED,
+    SECAGG_KEY,
+    SECAGG_PATH,
+    SECAGG_ROUTE,
+    STATUS_PATH,
+    Refusal,
+    Schema,
+    SiteStatus,
+    out_of_range,
+    schema,
+)
 from fl_syft.common.secagg import model_hash
 from fl_syft.common.secagg import summable as secagg_vector
 from fl_syft.owner.approval import vetted_functions
@@ -37,12 +53,8 @@ from fl_syft.owner.secagg_args import SecAggRefused, parse_secure
 
 log = logging.getLogger("fl_syft.guard")
 
-RESERVED = "privacy"  # the config key only the site sets
-SECAGG = "secagg"  # the config key of a securely aggregated call (read and removed by the site)
 TINY = 1e-30  # model entries smaller than this in magnitude count as 0 (see canonical_params)
 VETTED = vetted_functions()  # the owner's own installed functions: the only code run on the rows
-PARAM_SHAPES = {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
-                "velocity_coef": (N_CLASSES, N_FEATURES), "velocity_intercept": (N_CLASSES,)}
 
 
 class Refused(FlSyftError):
@@ -78,28 +90,30 @@ class Guard:
 
     def admit(self, function: str, global_params: dict, config: dict, requester: str = "",
               on_private_rows: bool = True) -> dict:
-        """The config ``function`` runs with; raises Refused. On the private rows, a DP call is
-        charged here, before it runs (the mock run is not).
+        """The config ``function`` runs with: checked against its schema and completed with the
+        schema's defaults; raises Refused. On the private rows, a DP call is charged here, before
+        it runs (the mock run is not).
 
         With secure aggregation (``config["secagg"]``, see :meth:`finish`) the charge is for the
         noise the sum carries once at least ``threshold`` sites are in it, and this site adds its
         1/sqrt(threshold) share of that noise variance."""
-        bounds = self.policy.bounds.get(function)
-        if bounds is None:
+        keys = schema(function, self.policy.dp)
+        if keys is None:
             raise Refused(f"{function} is not allowed under this site's policy "
                           f"({'differential privacy' if self.policy.dp else 'no DP'}; allowed: "
                           f"{', '.join(self.policy.functions())})")
         if type(config) is not dict or not all(type(k) is str for k in config):
             raise Refused("config must be a dict with string keys")
-        secure = config.get(SECAGG)
-        config = {k: v for k, v in config.items() if k != SECAGG}
+        secure = config.get(SECAGG_KEY)
+        config = {k: v for k, v in config.items() if k != SECAGG_KEY}
         if secure is None and self.policy.require_secure_aggregation:
             raise Refused("this site requires secure aggregation: run with --secure-aggregation")
         if secure is not None:
             self._check_secure(secure, config)
         _check_params(global_params, allow_velocity=self.policy.dp, bound=self.policy.model_bound)
-        _check_config(config, bounds, self.policy.min_noise)
-        if on_private_rows:
+        _check_config(config, keys, self.policy.min_noise)
+        config = keys.complete(config)
+        if on_private_rows:  # on the completed config: an unset holdout still holds rows out
             self._check_rows(function, config)
         if not self.policy.dp:
             return config
@@ -114,7 +128,7 @@ class Guard:
                         "releases": steps, "epsilon_spent": after, "epsilon_total": self.policy.epsilon})
         if secure is not None:  # the sum carries sigma once threshold sites are in it: add our share
             config["noise_multiplier"] = sigma / math.sqrt(self.secagg.threshold)
-        return {**config, RESERVED: {"clip": self.policy.clip, "rows": self.ledger.row_count}}
+        return {**config, PRIVACY_KEY: {"clip": self.policy.clip, "rows": self.ledger.row_count}}
 
     def _check_secure(self, secure: object, config: dict) -> None:
         if self.secagg is None:
@@ -146,7 +160,7 @@ class Guard:
         """What leaves the site: ``result``, or under secure aggregation only its masked form
         (``config["secagg"]``: session, round, peers, the shares sent to us, which result fields
         to sum and which field weights them), our keys for the next round and how long masking took."""
-        secure = config.get(SECAGG) if isinstance(config, dict) else None
+        secure = config.get(SECAGG_KEY) if isinstance(config, dict) else None
         if secure is None:
             return result
         try:
@@ -185,12 +199,12 @@ class Guard:
 
     def status(self) -> dict:
         """What the scientist may read: the policy, the budget spent, the published row count."""
-        doc = {"site": self.site, "policy": self.policy.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        budget = {}
         if self.policy.dp:
             spent = self.ledger.spent
-            doc.update(epsilon_spent=spent, epsilon_remaining=max(0.0, self.policy.epsilon - spent),
-                       rows=self.ledger.row_count, noise_multipliers=self.ledger.releases())
-        return doc
+            budget = {"epsilon_spent": spent, "epsilon_remaining": max(0.0, self.policy.epsilon - spent),
+                      "rows": self.ledger.row_count, "noise_multipliers": self.ledger.releases()}
+        return SiteStatus(self.site, self.policy.to_dict(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), **budget).to_dict()
 
 
 def _check_params(params: object, allow_velocity: bool, bound: float) -> None:
@@ -200,11 +214,11 @@ def _check_params(params: object, allow_velocity: bool, bound: float) -> None:
     inside float32 and float64, so no row's outcome can overflow (see ``vetted.local_training``)."""
     if type(params) is not dict:
         raise Refused(f"global_params must be a dict, got {type(params).__name__}")
-    allowed = set(PARAM_SHAPES) if allow_velocity else {"coef", "intercept"}
+    allowed = set(PARAM_SHAPES) if allow_velocity else set(MODEL_SHAPES)
     unknown = sorted(map(repr, set(params) - allowed))
     if unknown:
         raise Refused(f"unknown global_params keys {', '.join(unknown)}; allowed: {sorted(allowed)}")
-    if params and not {"coef", "intercept"} <= set(params):
+    if params and not set(MODEL_SHAPES) <= set(params):
         raise Refused("global_params must be {} or hold both coef and intercept")
     for key, value in params.items():
         if type(value) is not np.ndarray or value.dtype.kind not in "fiu" or value.shape != PARAM_SHAPES[key] \
@@ -227,43 +241,35 @@ def canonical_params(params: dict) -> dict:
 def contribution(function: str, config: dict, secure: dict) -> str:
     """What a site is asked to add to a secure sum (function, settings, fields, weight), as a digest
     every site of the sum signs: sites asked to contribute different things never unmask."""
-    asked = {k: v for k, v in config.items() if k != SECAGG}
+    asked = {k: v for k, v in config.items() if k != SECAGG_KEY}
     doc = json.dumps([function, sorted((k, repr(v)) for k, v in asked.items()), list(secure["fields"]),
                       secure["weight"]])
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def _check_config(config: dict, bounds: dict, min_noise: float) -> None:
-    """``config``: a dict with string keys (``Guard.admit`` has checked that)."""
-    if RESERVED in config:
-        raise Refused(f"config key {RESERVED!r} is set by the data owner's site, not by the caller")
-    unknown = sorted(set(config) - set(bounds))
+def _check_config(config: dict, keys: Schema, min_noise: float) -> None:
+    """``config`` (a dict with string keys: ``Guard.admit`` has checked that) sets only ``keys``,
+    every one without a default (under DP the charge depends on them), each of its exact type
+    (bool is not an int here) within its range; the noise floor is the owner's ``min_noise``."""
+    if PRIVACY_KEY in config:
+        raise Refused(f"config key {PRIVACY_KEY!r} is set by the data owner's site, not by the caller")
+    names = sorted(key.name for key in keys.keys)
+    unknown = sorted(set(config) - set(names))
     if unknown:
-        raise Refused(f"unknown config keys {unknown}; this site allows {sorted(bounds)}")
-    for key, bound in bounds.items():
-        if key not in config:
-            if key in ("noise_multiplier", "local_steps"):  # the charge depends on them
-                raise Refused(f"config must set {key} (this site enforces differential privacy)")
+        raise Refused(f"unknown config keys {unknown}; this site allows {names}")
+    for key in keys.keys:
+        if key.name not in config:
+            if key.default is REQUIRED:
+                raise Refused(f"config must set {key.name} ({key.help}; it has no default)")
             continue
-        value = config[key]
-        if isinstance(bound, type):
-            if type(value) is not bound:  # exact: bool is not an int here
-                raise Refused(f"config {key}={value!r} must be a {bound.__name__}")
-            continue
-        low, high = bound
-        low = min_noise if low is None else low
-        if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
-            raise Refused(f"config {key}={value!r} is outside this site's bounds [{low:g}, {high:g}]")
-        if isinstance(low, int) and isinstance(high, int) and type(value) is not int:
-            raise Refused(f"config {key}={value!r} must be an integer")
+        problem = out_of_range(key, config[key.name], low=min_noise)
+        if problem:
+            raise Refused(f"config {key.name}={config[key.name]!r} {problem}")
 
 
 # --- inside a PySyft datasite -----------------------------------------------------------------
 
 ACTIVE: dict[str, Guard] = {}  # the guard of this datasite process (read by its API endpoint)
-STATUS_PATH = "fl_syft.privacy"
-SECAGG_PATH = "fl_syft.secagg"
-SECAGG_ROUTE = "/fl-syft/secagg"  # under /api/v2, beside PySyft's own routes
 FRESH_SECONDS = 300  # a signed secure-aggregation request older than this is refused (replays)
 
 
@@ -319,7 +325,7 @@ def secagg_router(server, guard: Guard):
         try:
             return {"result": guard.secagg_steps(call.kwargs["steps"])}
         except Refused as e:
-            return {"error": f"{guard.site} refused: {e}"}
+            return {"error": str(Refusal(guard.site, "secure aggregation", str(e)))}
 
     async def secagg(request):
         reply = await run_in_threadpool(answer, await request.body())
@@ -360,14 +366,14 @@ def install(guard: Guard, rows: np.ndarray, mock: np.ndarray, email_of: Callable
         function = code_item.service_func_name
         decision = vet(code_item)
         if not decision.approve:
-            raise SyftException(public_message=f"{guard.site} refused {function}: {decision.reason}")
+            raise SyftException(public_message=str(Refusal(guard.site, function, decision.reason)))
         data = kwargs.get("data")
         on_mock = type(data) is np.ndarray and data.shape == mock.shape and np.array_equal(data, mock)
         try:
             return guard.call(function, mock if on_mock else rows, kwargs.get("global_params"), kwargs.get("config"),
                               email_of(context.credentials), on_private_rows=not on_mock)
         except Refused as e:
-            raise SyftException(public_message=f"{guard.site} refused {function}: {e}") from None
+            raise SyftException(public_message=str(Refusal(guard.site, function, str(e)))) from None
 
     route_execution(run)
     ACTIVE["guard"] = guard

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -32,13 +31,22 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from tqdm import tqdm
 
-from fl_syft.common.errors import ConfigError, FlSyftError
+from fl_syft.common.errors import ConfigError
 from fl_syft.common.files import write_json, write_private
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.common.policy import DEFAULT_EPSILON, PrivacyPolicy, default_delta
 from fl_syft.owner.audit import AuditLog
-from fl_syft.owner.datasite import SiteSpec, shard_sha256
-from fl_syft.owner.ledger import SITE_LINK, DeltaChanged, LedgerStore, delta_changed_message, summary
+from fl_syft.owner.datasite import SiteSpec
+from fl_syft.owner.ledger import SITE_LINK, LedgerStore
+from fl_syft.owner.policy import OwnerPolicy
+from fl_syft.owner.provision import (
+    LaunchError,
+    check_ledgers,
+    held_rows,
+    note_kept_budget,
+    reset_budget,
+    resolve_secrets,
+    site_identity,
+)
 from fl_syft.owner.state import StateLock, StateLocked, holder, make_private
 
 log = logging.getLogger("fl_syft.launch")
@@ -50,10 +58,6 @@ START_TIMEOUT = 180.0
 # Our own datasites are never behind a proxy; urlopen's global opener would honour (and
 # cache) http_proxy and send the readiness probe there.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class LaunchError(FlSyftError):
-    """The datasites cannot be started; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -75,25 +79,13 @@ class DeploymentOptions(Protocol):
     verbose: bool
     port_field: str  # the setting to change when a port is busy
     command: str  # who holds the state directory's lock: "launch", "demo", "serve"
-    policy: dict  # the owner's PrivacyPolicy (as a dict; delta None: below 1/rows, chosen per site)
+    policy: OwnerPolicy
 
     def check(self) -> None: ...
 
     def setups(self) -> list[SiteSetup]: ...
 
     def load_shards(self) -> list[np.ndarray]: ...
-
-
-def owner_policy(epsilon: float | None = DEFAULT_EPSILON, delta: float | None = None, **settings) -> dict:
-    """A data owner's policy for their sites: ``PrivacyPolicy`` as a dict, ``delta`` None meaning
-    "below 1/rows" (each site sets it once it knows its rows). ``epsilon`` None: no DP.
-
-    Without ``peers``, ``require_secure_aggregation`` is checked later, when the peers are
-    known: the launcher's own sites are each other's peers (filled in at start), ``serve``
-    needs ``--peers`` (:meth:`ServeOptions.check`), and every site checks its policy again."""
-    policy = PrivacyPolicy(epsilon=epsilon, **({"delta": delta} if delta is not None else {}), **settings)
-    (policy if policy.peers else replace(policy, require_secure_aggregation=False)).check()
-    return {**policy.to_dict(), "delta": delta}
 
 
 @dataclass
@@ -110,7 +102,7 @@ class LaunchOptions:
     db_url: str | None = None  # PostgreSQL URL prefix; one database per site is derived
     verbose: bool = False
     command: str = "launch"
-    policy: dict = field(default_factory=owner_policy)
+    policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     port_field = "base_port"
 
     def check(self) -> None:
@@ -190,8 +182,8 @@ class Deployment:
                 raise LaunchError(f"{{keep}}: no saved state for {setup.name} in {self.state / setup.name}; "
                                   "start once without {keep}")
         shards = [None] * len(setups) if opts.keep else opts.load_shards()
-        held = [_held_rows(self.state / setup.name, shard) for setup, shard in zip(setups, shards, strict=True)]
-        _check_ledgers(self.state, [setup.name for setup in setups], held, opts.policy, opts.reset_privacy_budget)
+        held = [held_rows(self.state / setup.name, shard) for setup, shard in zip(setups, shards, strict=True)]
+        check_ledgers(self.state, [setup.name for setup in setups], held, opts.policy, opts.reset_privacy_budget)
         for setup in setups:
             if setup.db_url:
                 ensure_database(setup.db_url)
@@ -206,10 +198,10 @@ class Deployment:
         for setup, shard, rows in zip(setups, shards, held, strict=True):
             site_dir = self.state / setup.name
             store.adopt(site_dir / SITE_LINK)  # a ledger from before the store goes into it
-            reset = _reset_budget(store, setup.name, rows[0]) if opts.reset_privacy_budget and rows else None
+            reset = reset_budget(store, setup.name, rows[0]) if opts.reset_privacy_budget and rows else None
             if not opts.keep:
                 if rows and not reset:
-                    _note_kept_budget(store, setup.name, rows[0])
+                    note_kept_budget(store, setup.name, rows[0])
                 shutil.rmtree(site_dir, ignore_errors=True)
                 write_private(site_dir / "shard.npy", _npy_bytes(shard))
             if reset:
@@ -218,7 +210,7 @@ class Deployment:
         # key that reaches it through the scientist unless one of these signed it.
         keys = {setup.name: site_identity(self.state / setup.name, fresh=not opts.keep)["verify_key"]
                 for setup in setups}
-        policy = {**opts.policy, "peers": {**keys, **opts.policy.get("peers", {})}}
+        policy = opts.policy.with_peers({**keys, **opts.policy.privacy.peers})
         for setup in setups:
             site_dir = self.state / setup.name
             spec = SiteSpec(name=setup.name, host=opts.host, port=setup.port, state_dir=str(site_dir),
@@ -367,99 +359,6 @@ def ensure_database(url: str) -> None:
     except psycopg.Error as e:
         reason = " ".join(str(e).split())[:200]
         raise LaunchError(f"PostgreSQL at {parts.hostname}:{parts.port or 5432}: {reason}; check --db-url") from None
-
-
-def resolve_secrets(state: Path, keep: bool) -> dict[str, str]:
-    """Passwords from FL_SYFT_ADMIN_PASSWORD / FL_SYFT_DS_PASSWORD, else kept (with --keep)
-    or newly generated; written to ``<state>/secrets.json`` (0600)."""
-    path = state / "secrets.json"
-    saved = json.loads(path.read_text()) if keep and path.exists() else {}
-    values = {
-        "admin_password": os.environ.get("FL_SYFT_ADMIN_PASSWORD") or saved.get("admin_password")
-        or secrets.token_urlsafe(18),
-        "ds_password": os.environ.get("FL_SYFT_DS_PASSWORD") or saved.get("ds_password")
-        or secrets.token_urlsafe(18),
-    }
-    write_json(path, values)
-    return values
-
-
-def site_identity(site_dir: Path, fresh: bool) -> dict:
-    """The datasite's identity (server uid, ed25519 signing key, its verify key; hex), made on a
-    fresh start and kept in ``identity.json`` (0600), so restarts keep datasets and approvals."""
-    import uuid
-
-    from nacl.signing import SigningKey
-
-    path = site_dir / "identity.json"
-    if path.exists() and not fresh:
-        saved = json.loads(path.read_text())
-    else:
-        key = SigningKey.generate()
-        saved = {"server_uid": uuid.uuid4().hex, "signing_key": bytes(key).hex()}
-        write_json(path, saved)
-    return {**saved, "verify_key": SigningKey(bytes.fromhex(saved["signing_key"])).verify_key.encode().hex()}
-
-
-def _held_rows(site_dir: Path, shard: np.ndarray | None) -> tuple[str, int] | None:
-    """(SHA-256, rows) of what the site will hold: the shard to upload, or (kept) what its
-    ``data.json`` says it holds; None if unknown."""
-    if shard is not None:
-        return shard_sha256(shard), len(shard)
-    path = site_dir / "data.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return data["sha256"], int(data["rows"])
-
-
-def _check_ledgers(state: Path, names: list[str], held: list[tuple[str, int] | None], policy: dict,
-                   reset: bool) -> None:
-    """Before anything is written: no two sites hold the same rows (their budget is one ledger),
-    and a kept ledger composes at the delta the policy asks for (else start refuses)."""
-    seen: dict[str, str] = {}
-    for name, rows in zip(names, held, strict=True):
-        if rows and rows[0] in seen:
-            raise LaunchError(f"{seen[rows[0]]} and {name} would hold the same rows (SHA-256 {rows[0][:12]}), "
-                              "whose privacy budget is one ledger: give each site its own rows")
-        if rows:
-            seen[rows[0]] = name
-    if reset or policy.get("epsilon") is None:
-        return
-    store = LedgerStore(state)
-    for name, rows in zip(names, held, strict=True):
-        if not rows:
-            continue
-        legacy = summary(state / name / SITE_LINK)  # a ledger from before the store, adopted at start
-        kept = store.summary(rows[0]) or (legacy if legacy and legacy.data_sha256 == rows[0] else None)
-        asked = policy["delta"] if policy.get("delta") is not None else default_delta(rows[1])
-        if kept and kept.delta != asked:
-            raise DeltaChanged(delta_changed_message(rows[0], kept.delta, asked))
-
-
-def _note_kept_budget(store: LedgerStore, name: str, data_sha256: str) -> None:
-    """The budget belongs to the rows: a fresh start over rows served before keeps what they spent."""
-    kept = store.summary(data_sha256)
-    if kept:
-        log.info("%s: rows %s keep their privacy budget: epsilon %.3g of %g spent (their ledger: %s; "
-                 "--reset-privacy-budget starts it again)", name, data_sha256[:12], kept.epsilon_spent,
-                 kept.epsilon_total, store.path(data_sha256))
-
-
-def _reset_budget(store: LedgerStore, name: str, data_sha256: str) -> dict | None:
-    """The owner's --reset-privacy-budget: the rows' ledger renamed (kept, readable), a warning
-    line, and the audit entry to write (None if the rows had no ledger)."""
-    old, retired = store.summary(data_sha256), store.retire(data_sha256)
-    if old is None:
-        log.warning("%s: --reset-privacy-budget: rows %s have no privacy ledger yet; nothing to reset",
-                    name, data_sha256[:12])
-        return None
-    message = (f"the privacy budget of rows {data_sha256[:12]} was reset by the owner: epsilon "
-               f"{old.epsilon_spent:.3g} of {old.epsilon_total:g} (delta {old.delta:g}) had been spent")
-    log.warning("%s: --reset-privacy-budget: %s; the old ledger is kept as %s", name, message, retired)
-    return {"event": "privacy budget reset", "by": "owner", "message": message, "data_sha256": data_sha256,
-            "epsilon_spent": old.epsilon_spent, "epsilon_total": old.epsilon_total, "delta": old.delta,
-            "old_ledger": str(retired)}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

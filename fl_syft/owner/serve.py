@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from fl_syft.common.errors import ConfigError
-from fl_syft.owner.launch import SiteSetup, owner_policy, site_db_url
+from fl_syft.owner.launch import SiteSetup, site_db_url
+from fl_syft.owner.policy import OwnerPolicy
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass
 class ServeOptions:
-    """One site named ``name`` serving the rows of ``data`` (see ``common.data.load_shard``)."""
+    """One site named ``name`` serving the rows of ``data`` (see ``owner.data.load_shard``)."""
 
     data: str | None  # None with keep: the site serves the rows it holds
     name: str
@@ -33,7 +34,7 @@ class ServeOptions:
     reset_privacy_budget: bool = False  # else the rows keep their budget over fresh starts
     db_url: str | None = None  # PostgreSQL URL prefix; the site's database is derived from it
     verbose: bool = False
-    policy: dict = field(default_factory=owner_policy)
+    policy: OwnerPolicy = field(default_factory=OwnerPolicy)
     command = "serve"
     port_field = "port"
 
@@ -45,13 +46,12 @@ class ServeOptions:
             raise ConfigError(f"{{port}} {self.port} must be in 1024..65535")
         if self.db_url:
             site_db_url(self.db_url, self.name)
-        if self.policy.get("require_secure_aggregation") and not self.policy.get("peers"):
-            raise ConfigError("{require_secure_aggregation} needs the federation's peers ({peers})")
+        self.policy.privacy.check()  # what the builder leaves to the start: --require-secure-aggregation needs peers
 
     def setups(self) -> list[SiteSetup]:
         return [SiteSetup(self.name, self.port, site_db_url(self.db_url, self.name) if self.db_url else None)]
 
     def load_shards(self) -> list[np.ndarray]:
-        from fl_syft.common.data import load_shard
+        from fl_syft.owner.data import load_shard
 
         return [load_shard(self.data)]

@@ -36,32 +36,6 @@ def validate_result(site: str, result: object) -> None:
         raise SiteResultError(site, f"class_counts add up to {counts.sum()}, n_samples is {result['n_samples']}")
 
 
-def fedavg(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
-    """Sample-weighted average of the sites' ``coef`` and ``intercept``.
-
-    Class row k is averaged over the sites that hold class k (their ``class_counts``),
-    weighted by ``n_samples``: a site lacking a class returns the received row unchanged,
-    and counting it would only drag the row back. A class no site holds is averaged over
-    all sites (all of which returned the same received row).
-    Returns {"coef": (10, 784), "intercept": (10,)} float64.
-    """
-    if not results:
-        raise ValueError("fedavg needs at least one site result")
-    for site, result in results.items():
-        validate_result(site, result)
-    rows = list(results.values())
-    n = np.array([r["n_samples"] for r in rows], dtype=np.float64)  # (sites,)
-    holds = np.stack([np.asarray(r["class_counts"]) > 0 for r in rows])
-    weights = n[:, None] * holds  # (sites, classes)
-    weights[:, ~holds.any(axis=0)] = n[:, None]
-    weights /= weights.sum(axis=0)
-    coefs = np.stack([np.asarray(r["coef"], np.float64) for r in rows])  # (sites, 10, 784)
-    intercepts = np.stack([np.asarray(r["intercept"], np.float64) for r in rows])  # (sites, 10)
-    coef = np.einsum("sk,skf->kf", weights, coefs)
-    intercept = np.einsum("sk,sk->k", weights, intercepts)
-    return {"coef": coef, "intercept": intercept}
-
-
 def validate_gradient(site: str, result: object) -> None:
     """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer."""
     check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, N_FEATURES), "grad_intercept": (N_CLASSES,)})

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fl_syft.common.errors import ConfigError, FlSyftError, one_line
 from fl_syft.common.fingerprint import fingerprint, fingerprint_of
+from fl_syft.common.protocol import SECAGG_KEY, SECAGG_PATH, SECAGG_ROUTE, STATUS_PATH, Refusal
 from fl_syft.scientist.rounds import SiteRefused
 
 log = logging.getLogger("fl_syft.connect")
@@ -214,7 +215,7 @@ class SyftSite:
 
         try:
             with quiet():
-                answer = self.client.api.services.api.call("fl_syft.privacy")
+                answer = self.client.api.services.api.call(STATUS_PATH)
         except SyftException as e:
             raise ConnectError(f"{self.name} publishes no privacy status ({one_line(e, 200)}): is it an fl-syft "
                                "datasite (fl-syft launch / serve) of this version?") from None
@@ -230,21 +231,22 @@ class SyftSite:
         import syft as sy
         from syft.client.api import SyftAPICall
 
-        call = SyftAPICall(server_uid=self.client.id, path="fl_syft.secagg", args=[],
+        call = SyftAPICall(server_uid=self.client.id, path=SECAGG_PATH, args=[],
                            kwargs={"steps": steps, "sent": time.time()})
         body = sy.serialize(call.sign(self.client.credentials), to_bytes=True)
         try:
             if self._http is None:
                 self._http = requests.Session()  # kept alive: several requests per round
-            reply = self._http.post(f"{_where(self.address)}/api/v2/fl-syft/secagg", data=body, timeout=120)
+            reply = self._http.post(f"{_where(self.address)}/api/v2{SECAGG_ROUTE}", data=body, timeout=120)
             reply.raise_for_status()
             answer = sy.deserialize(reply.content, from_bytes=True)
         except requests.RequestException as e:
             raise ConnectError(f"{self.name} at {_where(self.address)}: secure aggregation failed "
                                f"({e.__class__.__name__}); is the datasite still running?") from None
         if "error" in answer:
-            if f"{self.name} refused" in answer["error"]:
-                raise SiteRefused(answer["error"])
+            refusal = Refusal.find(answer["error"])
+            if refusal is not None and refusal.site == self.name:
+                raise SiteRefused(refusal.line)
             raise ConnectError(f"{self.name}: secure aggregation refused the request: {answer['error']}")
         return answer["result"]
 
@@ -258,7 +260,7 @@ class SyftSite:
             with quiet():
                 try:
                     # A securely aggregated call's config changes every round: sent as is.
-                    sent = self._pointer(config) if "secagg" in config else self._upload_once(config)
+                    sent = self._pointer(config) if SECAGG_KEY in config else self._upload_once(config)
                     pointer = self._calls[name](data=self.asset, global_params=self._pointer(global_params),
                                                 config=sent)
                     return self._result(pointer)
@@ -266,10 +268,10 @@ class SyftSite:
                     self._uploaded.clear()  # a retry uploads the config again, in case the site lost it
                     raise
         except SyftException as e:
-            message = one_line(e, 400)
-            if f"{self.name} refused {name}:" in message:  # the owner's guard: asking again changes nothing
-                raise SiteRefused(message[message.index(f"{self.name} refused"):]) from None
-            raise ConnectError(f"{self.name}: {name} failed: {message}") from None
+            refusal = Refusal.find(str(e))
+            if refusal is not None and refusal.site == self.name:  # the owner's guard: asking again changes nothing
+                raise SiteRefused(refusal.line) from None
+            raise ConnectError(f"{self.name}: {name} failed: {one_line(e, 400)}") from None
         except OSError as e:
             raise ConnectError(f"{self.name} at {self.address.url}:{self.address.port} is unreachable "
                                     f"({e.__class__.__name__}); is the datasite still running?") from None

@@ -14,6 +14,7 @@ from fl_syft.common.accounting import epsilon as epsilon_of
 from fl_syft.common.accounting import noise_for
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.policy import PrivacyPolicy
+from fl_syft.common.protocol import SiteStatus
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,11 @@ class SiteBudget:
 
     @classmethod
     def from_status(cls, status: dict) -> SiteBudget:
-        policy = PrivacyPolicy.from_dict(status["policy"])
-        released = tuple(float(s) for s, n in status.get("noise_multipliers", {}).items() for _ in range(n))
-        return cls(status["site"], policy, float(status.get("epsilon_spent", 0.0)), status.get("rows"), released)
+        """From what a site publishes (``common.protocol.SiteStatus``)."""
+        published = SiteStatus.from_dict(status)
+        released = tuple(float(s) for s, n in published.noise_multipliers.items() for _ in range(n))
+        return cls(published.site, PrivacyPolicy.from_dict(published.policy), float(published.epsilon_spent or 0.0),
+                   published.rows, released)
 
     @property
     def remaining(self) -> float:

@@ -28,6 +28,7 @@ import numpy as np
 
 from fl_syft.common import secagg
 from fl_syft.common.errors import one_line
+from fl_syft.common.protocol import SECAGG_KEY
 from fl_syft.scientist.rounds import Resilience, Site, SitesFailed
 
 
@@ -69,9 +70,9 @@ class SecureSum:
         sharers = sorted(answers)
         inbox = {to: {frm: answers[frm]["share_keys"][to] for frm in sharers if frm != to} for to in sharers}
         started = time.perf_counter()
-        masked, failed = self._each(sharers, lambda s: _checked(s.name, s.call(function, params, {**config, "secagg": {
-            "session": self.session, "rnd": rnd, "peers": sharers, "shares": inbox[s.name], "fields": fields,
-            "weight": weight}})))
+        masked, failed = self._each(sharers, lambda s: _checked(s.name, s.call(function, params, {
+            **config, SECAGG_KEY: {"session": self.session, "rnd": rnd, "peers": sharers, "shares": inbox[s.name],
+                                   "fields": fields, "weight": weight}})))
         dropped.update(failed)
         self._enough(rnd, masked, dropped, "masking updates")
         seconds["masked_update"] = time.perf_counter() - started

@@ -9,23 +9,27 @@ no per-site scaler.
 
 
 def ml_experiment(data, global_params: dict, config: dict) -> dict:
-    """One local round of warm-started multinomial logistic regression.
+    """One local round of warm-started multinomial logistic regression: without DP a
+    scikit-learn round (``lbfgs_round``), under the site's DP noisy gradient steps (``dp_steps``).
 
+    One function, not two: sites approve it by fingerprint, so each vetted function is one
+    request and one approval per site and run.
     data: (n, 785) uint8 shard, 784 pixels (0..255) then the label (0..9).
     global_params: {} for a cold start, else {"coef": (10, 784), "intercept": (10,)} float64
         (under differential privacy also "velocity_coef" (10, 784), "velocity_intercept" (10,):
         the momentum carried from round to round).
-    config without DP: "local_iters" (lbfgs iterations, default 20), "C" (inverse L2
-        strength, 1.0), "holdout" (fraction of rows held out to score the received model,
-        0.05), "seed" (0), "logit_adjust" (True: train with this site's label prior in the
-        intercepts, return the model with it removed, i.e. for equal class priors).
-    config under DP: "local_steps" (gradient steps, default 10), "lr" (step size, 4.0),
-        "momentum" (0.9), "l2" (L2 strength per row, 0.0), "frequencies" (k, 14: each step
-        moves the coefficients only within the k x k lowest spatial frequencies (2-D DCT) of
-        the 28 x 28 image; 28 = every pixel), "noise_multiplier" (noise std per step /
-        clipping norm, required), and "privacy", set by the data owner's site (never by the
-        caller): {"clip": L2 norm each row's gradient is clipped to, "rows": the site's
-        published noisy row count}.
+    config: complete (the site's guard checks it against ``fl_syft.common.protocol``'s
+        ``ML_EXPERIMENT`` / ``ML_EXPERIMENT_DP``, where the keys' meanings, defaults and ranges
+        are, and fills in the defaults). Without DP: "local_iters" (lbfgs iterations), "C"
+        (inverse L2 strength), "holdout" (fraction of rows held out to score the received
+        model), "seed" (of the holdout split), "logit_adjust" (train with this site's label
+        prior in the intercepts, return the model with it removed, i.e. for equal class
+        priors). Under DP: "local_steps", "lr" (step size), "momentum", "l2" (L2 strength per
+        row), "frequencies" (k: each step moves the coefficients only within the k x k lowest
+        spatial frequencies (2-D DCT) of the 28 x 28 image; 28 = every pixel),
+        "noise_multiplier" (noise std per step / clipping norm), and "privacy", set by the data
+        owner's site (never by the caller): {"clip": L2 norm each row's gradient is clipped to,
+        "rows": the site's published noisy row count}.
     Returns only aggregates. Without DP: "coef" (10, 784) and "intercept" (10,) float64 (rows
     of classes this site lacks are the received ones), "n_samples" (rows trained on),
     "class_counts" (10,), "train_accuracy" (new local model, training rows),
@@ -46,19 +50,16 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
 
     n_classes, n_features = 10, data.shape[1] - 1
     labels = data[:, n_features].astype(np.int64)
-    if config.get("privacy") is not None:  # set by the site: record-level differential privacy
-        dp_defaults = {"local_steps": 10, "lr": 4.0, "momentum": 0.9, "l2": 0.0, "frequencies": 14,
-                       "noise_multiplier": None, "privacy": None}
-        unknown = sorted(set(config) - set(dp_defaults))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(dp_defaults)}")
-        cfg = {**dp_defaults, **config}
-        clip, rows, sigma = float(cfg["privacy"]["clip"]), float(cfg["privacy"]["rows"]), float(cfg["noise_multiplier"])
+
+    def dp_steps() -> dict:
+        """``local_steps`` noisy, clipped, momentum gradient steps (record-level DP)."""
+        clip, rows = float(config["privacy"]["clip"]), float(config["privacy"]["rows"])
+        sigma = float(config["noise_multiplier"])
         rng = np.random.default_rng()  # fresh OS entropy: noise no caller can choose, predict or replay
         # Orthonormal 2-D DCT-II rows of the k x k lowest frequencies, (k*k, 784). Projecting the
         # clipped sum (a contraction: sensitivity still clip) and noising only its k*k coordinates
         # puts k*k/784 of the noise into the model: digits are smooth, so little signal is lost.
-        side, k = int(np.sqrt(n_features)), int(cfg["frequencies"])
+        side, k = int(np.sqrt(n_features)), int(config["frequencies"])
         grid = np.arange(side)
         dct = np.sqrt(2.0 / side) * np.cos(np.pi * (grid[None, :] + 0.5) * grid[:, None] / side)
         dct[0] /= np.sqrt(2.0)
@@ -67,7 +68,7 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                   for key, shape in (("coef", (n_classes, n_features)), ("intercept", (n_classes,)),
                                      ("velocity_coef", (n_classes, n_features)), ("velocity_intercept", (n_classes,)))}
         W, b, vW, vb = params["coef"], params["intercept"], params["velocity_coef"], params["velocity_intercept"]
-        for _ in range(cfg["local_steps"]):
+        for _ in range(config["local_steps"]):
             # The sum of the rows' clipped gradients, 512 rows at a time: a block's pixels are
             # scaled and used while in cache (a full float copy of the shard makes every pass
             # memory-bound, 2-3x slower).
@@ -97,74 +98,73 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                 gb += P.sum(axis=0, dtype=np.float64)
             gW = (gW @ basis.T + rng.normal(0.0, sigma * clip, (n_classes, k * k))) @ basis
             gb += rng.normal(0.0, sigma * clip, b.shape)
-            vW = cfg["momentum"] * vW + gW / rows + cfg["l2"] * W
-            vb = cfg["momentum"] * vb + gb / rows
-            W, b = W - cfg["lr"] * vW, b - cfg["lr"] * vb
+            vW = config["momentum"] * vW + gW / rows + config["l2"] * W
+            vb = config["momentum"] * vb + gb / rows
+            W, b = W - config["lr"] * vW, b - config["lr"] * vb
         return {"coef": W, "intercept": b, "velocity_coef": vW, "velocity_intercept": vb, "n_samples": int(rows)}
 
-    started = time.perf_counter()
-    defaults = {"local_iters": 20, "C": 1.0, "holdout": 0.05, "seed": 0, "logit_adjust": True}
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(defaults)}")
-    cfg = {**defaults, **config}
-    order = np.random.default_rng(cfg["seed"]).permutation(len(labels))
-    n_holdout = int(len(labels) * cfg["holdout"])
-    held, train = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
-    # Select rows while still uint8, then scale: no full-size float copy to index again.
-    X, y = data[train, :n_features] / 255.0, labels[train]
-    X_held, y_held = data[held, :n_features] / 255.0, labels[held]
-    class_counts = np.bincount(y, minlength=n_classes)
-    present = np.flatnonzero(class_counts)
+    def lbfgs_round() -> dict:
+        """A warm-started scikit-learn fit on the training rows, scored on the held-out rows."""
+        started = time.perf_counter()
+        order = np.random.default_rng(config["seed"]).permutation(len(labels))
+        n_holdout = int(len(labels) * config["holdout"])
+        held, train = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
+        # Select rows while still uint8, then scale: no full-size float copy to index again.
+        X, y = data[train, :n_features] / 255.0, labels[train]
+        X_held, y_held = data[held, :n_features] / 255.0, labels[held]
+        class_counts = np.bincount(y, minlength=n_classes)
+        present = np.flatnonzero(class_counts)
 
-    if global_params:
-        coef = np.array(global_params["coef"], dtype=np.float64)
-        intercept = np.array(global_params["intercept"], dtype=np.float64)
-    else:
-        coef, intercept = np.zeros((n_classes, n_features)), np.zeros(n_classes)
-
-    def accuracy(c, b, features, targets):
-        if len(targets) == 0:
-            return None
-        return float(np.mean(np.argmax(features @ c.T + b, axis=1) == targets))
-
-    global_accuracy = accuracy(coef, intercept, X_held, y_held) if global_params else None
-
-    if len(present) >= 2:
-        # Label skew: a site's intercepts would learn its own class frequencies, which
-        # averaging then mixes into everyone's model. Train with log(local prior / uniform)
-        # added to the received intercepts and subtract it again: sites exchange prior-free
-        # models (logit adjustment for label shift; the weights are unaffected by a prior).
-        shift = np.log(class_counts[present] * n_classes / len(y)) if cfg["logit_adjust"] else 0.0
-        intercept[present] += shift
-        # scikit-learn fits only the classes present in y; binary problems have one row.
-        binary, lo, hi = len(present) == 2, present[0], present[-1]
-        clf = LogisticRegression(C=cfg["C"], max_iter=cfg["local_iters"], warm_start=True)
         if global_params:
-            if binary:
-                clf.coef_ = (coef[hi] - coef[lo])[None, :]
-                clf.intercept_ = np.array([intercept[hi] - intercept[lo]])
-            else:
-                clf.coef_, clf.intercept_ = coef[present].copy(), intercept[present].copy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(X, y)
-        if binary:
-            # Keep the pair's mean and set their difference to the binary weights.
-            mean_c, mean_b = coef[present].mean(axis=0), intercept[present].mean()
-            coef[lo], coef[hi] = mean_c - clf.coef_[0] / 2, mean_c + clf.coef_[0] / 2
-            intercept[lo], intercept[hi] = mean_b - clf.intercept_[0] / 2, mean_b + clf.intercept_[0] / 2
+            coef = np.array(global_params["coef"], dtype=np.float64)
+            intercept = np.array(global_params["intercept"], dtype=np.float64)
         else:
-            coef[present], intercept[present] = clf.coef_, clf.intercept_
-        intercept[present] -= shift
+            coef, intercept = np.zeros((n_classes, n_features)), np.zeros(n_classes)
 
-    return {
-        "coef": coef,
-        "intercept": intercept,
-        "n_samples": int(len(y)),
-        "class_counts": class_counts,
-        "train_accuracy": accuracy(coef, intercept, X, y),
-        "holdout_accuracy": accuracy(coef, intercept, X_held, y_held),
-        "global_accuracy": global_accuracy,
-        "seconds": time.perf_counter() - started,
-    }
+        def accuracy(c, b, features, targets):
+            if len(targets) == 0:
+                return None
+            return float(np.mean(np.argmax(features @ c.T + b, axis=1) == targets))
+
+        global_accuracy = accuracy(coef, intercept, X_held, y_held) if global_params else None
+
+        if len(present) >= 2:
+            # Label skew: a site's intercepts would learn its own class frequencies, which
+            # averaging then mixes into everyone's model. Train with log(local prior / uniform)
+            # added to the received intercepts and subtract it again: sites exchange prior-free
+            # models (logit adjustment for label shift; the weights are unaffected by a prior).
+            shift = np.log(class_counts[present] * n_classes / len(y)) if config["logit_adjust"] else 0.0
+            intercept[present] += shift
+            # scikit-learn fits only the classes present in y; binary problems have one row.
+            binary, lo, hi = len(present) == 2, present[0], present[-1]
+            clf = LogisticRegression(C=config["C"], max_iter=config["local_iters"], warm_start=True)
+            if global_params:
+                if binary:
+                    clf.coef_ = (coef[hi] - coef[lo])[None, :]
+                    clf.intercept_ = np.array([intercept[hi] - intercept[lo]])
+                else:
+                    clf.coef_, clf.intercept_ = coef[present].copy(), intercept[present].copy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(X, y)
+            if binary:
+                # Keep the pair's mean and set their difference to the binary weights.
+                mean_c, mean_b = coef[present].mean(axis=0), intercept[present].mean()
+                coef[lo], coef[hi] = mean_c - clf.coef_[0] / 2, mean_c + clf.coef_[0] / 2
+                intercept[lo], intercept[hi] = mean_b - clf.intercept_[0] / 2, mean_b + clf.intercept_[0] / 2
+            else:
+                coef[present], intercept[present] = clf.coef_, clf.intercept_
+            intercept[present] -= shift
+
+        return {
+            "coef": coef,
+            "intercept": intercept,
+            "n_samples": int(len(y)),
+            "class_counts": class_counts,
+            "train_accuracy": accuracy(coef, intercept, X, y),
+            "holdout_accuracy": accuracy(coef, intercept, X_held, y_held),
+            "global_accuracy": global_accuracy,
+            "seconds": time.perf_counter() - started,
+        }
+
+    return dp_steps() if "privacy" in config else lbfgs_round()

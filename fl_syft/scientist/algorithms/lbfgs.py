@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fl_syft.common import model
 from fl_syft.common.errors import ConfigError
 from fl_syft.scientist.aggregate import sum_gradients, validate_gradient
-from fl_syft.scientist.algorithms.base import Algorithm, OnRound, setting
+from fl_syft.scientist.algorithms.base import Algorithm, OnRound, State, setting
 from fl_syft.scientist.rounds import Resilience, Site, call_sites, format_round, round_record
 from fl_syft.vetted.loss_gradient import lr_loss_grad
 
@@ -34,13 +34,9 @@ GTOL = 1e-4  # scikit-learn's default tol for lbfgs
 
 @dataclass(frozen=True)
 class LbfgsSettings:
-    rounds: int = setting(500, "at most this many rounds (loss+gradient evaluations); stops earlier at convergence",
-                          "round cap")
     C: float = setting(1.0, "inverse L2 strength")
 
     def check(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"{{rounds}} must be at least 1, got {self.rounds}")
         if not self.C > 0:
             raise ConfigError(f"{{C}} must be > 0, got {self.C}")
 
@@ -50,24 +46,29 @@ class Lbfgs(Algorithm):
     summary = "exact L-BFGS on the sites' summed gradients (the centralized optimum under any label skew)"
     functions = (lr_loss_grad,)
     settings_type = LbfgsSettings
+    default_rounds = 500
+    rounds_help = "at most 500; it stops earlier at convergence"
+    rounds_label = "round cap"
     resumable = False  # the optimizer's memory lives in this process only
     needs_every_site = True  # a missing site would change the objective
     private_refusal = ("L-BFGS needs exact losses and gradients (its line search compares them), and the sites "
                        "refuse lr_loss_grad under DP: use --algorithm fedavg")
 
-    def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, params: dict | None = None,
-            history: list[dict] | None = None, on_round: OnRound | None = None,
-            resilience: Resilience = Resilience()) -> tuple[dict, list[dict]]:
-        """At most ``rounds`` rounds (objective evaluations). The model returned is the optimizer's
-        last accepted point (an evaluated one: a line search's trial points after it are rounds
-        that ran, and are recorded, but not the answer); :meth:`final_round` names its round."""
+    def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, rounds: int,
+            state: State = State(), on_round: OnRound | None = None,
+            resilience: Resilience = Resilience()) -> State:
+        """At most ``rounds`` rounds (objective evaluations), from scratch (not resumable). The
+        model returned is the optimizer's last accepted point (an evaluated one: a line search's
+        trial points after it are rounds that ran, and are recorded, but not the answer);
+        :meth:`final_round` names its round. The optimizer drives its own evaluations, so this
+        is its loop, not the round runner's; each evaluation is called and recorded as a round is."""
         cfg, res = self.settings, resilience
-        history = []
+        history: list[dict] = []
         evaluated: list[np.ndarray] = []
         accepted = [model.flatten(model.zeros())]
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            if len(history) == cfg.rounds:
+            if len(history) == rounds:
                 raise _RoundCap
             rnd = len(history) + 1
             params = model.unflatten(theta)
@@ -89,11 +90,11 @@ class Lbfgs(Algorithm):
             return value, grad
 
         with ThreadPoolExecutor(max_workers=len(sites)) as pool, \
-                tqdm(total=cfg.rounds, desc="rounds", unit="round", leave=False) as bar:
+                tqdm(total=rounds, desc="rounds", unit="round", leave=False) as bar:
             try:
                 result = minimize(objective, accepted[0], jac=True, method="L-BFGS-B",
                                   callback=lambda xk: accepted.append(np.array(xk)),
-                                  options={"maxiter": cfg.rounds, "maxfun": cfg.rounds, "gtol": GTOL,
+                                  options={"maxiter": rounds, "maxfun": rounds, "gtol": GTOL,
                                            "ftol": 64 * np.finfo(float).eps, "maxls": 50})
                 x = result.x
                 self.stopped = (f"converged (projected gradient <= {GTOL:g}, as scikit-learn's lbfgs)"
@@ -102,12 +103,12 @@ class Lbfgs(Algorithm):
                 x, self.stopped = accepted[-1], "round cap reached"
         self._final = 1 + max(i for i, theta in enumerate(evaluated) if np.array_equal(theta, x))
         log.info("lbfgs %s after %d rounds; the model is round %d's", self.stopped, len(history), self._final)
-        return model.unflatten(x), history
+        return State(model.unflatten(x), history)
 
     def final_round(self, history: list[dict]) -> int:
         return self._final
 
-    def stop_reason(self, history: list[dict]) -> str:
+    def stop_reason(self, history: list[dict], rounds: int) -> str:
         return self.stopped
 
 

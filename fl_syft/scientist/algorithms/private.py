@@ -1,0 +1,166 @@
+"""The DP wrapper: FedAvg over sites that enforce record-level differential privacy.
+
+The sites' owners enforce DP (their policy); this wrapper is the scientist's side of it. It
+plans the run (``scientist.privacy``: the noise multiplier that spends exactly the epsilon
+asked for over every noisy step), and turns the inner algorithm's local training into
+``local_steps`` clipped, noisy gradient steps with momentum from the received model
+(``ml_experiment`` under the site's DP), averaged weighted by the sites' published noisy row
+counts. With one step per round (always, with secure aggregation) a site gets the model alone
+and returns its step direction, and the momentum is applied here to the average: the sites'
+momentum step exactly, with half the data on the wire each way. The plan is the wrapper's
+data: a resumed run keeps its noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fl_syft.common.accounting import epsilon
+from fl_syft.common.errors import ConfigError
+from fl_syft.common.protocol import ML_EXPERIMENT_DP, MODEL_SHAPES, PARAM_SHAPES, VELOCITY_SHAPES
+from fl_syft.scientist import privacy
+from fl_syft.scientist.aggregate import check_fields
+from fl_syft.scientist.algorithms.base import (
+    RoundAlgorithm,
+    Summed,
+    Wrapper,
+    check_against,
+    describe_settings,
+    setting,
+    settings_names,
+)
+
+# The scientist's defaults under DP (the site's schema has no default for local_steps).
+DEFAULTS = {"rounds": 12, "local_steps": 10, **{k: ML_EXPERIMENT_DP[k].default for k in ("lr", "momentum",
+                                                                                           "frequencies")}}
+# With secure aggregation a site's own noise protects only one step: one step per round. The sum
+# carries the noise of one central mechanism, so fewer, larger steps with less momentum do best:
+# iid-2 at epsilon 1 (in-process, 16 seeds) 91.86% mean, 91.73% worst, against 91.85% for 120
+# steps at 4.0 with momentum 0.9, in two thirds of the rounds.
+SECURE_DEFAULTS = {**DEFAULTS, "rounds": 80, "local_steps": 1, "lr": 10.0, "momentum": 0.85}
+
+
+def _dp_setting(name: str, label: str | None = None, shown: str | None = None) -> Any:
+    key = ML_EXPERIMENT_DP[name]
+    return setting(None, "under DP: " + key.help, label, shown=shown or str(DEFAULTS[name]))
+
+
+@dataclass(frozen=True)
+class PrivateSettings:
+    """Unset (None) settings take ``DEFAULTS`` (``SECURE_DEFAULTS`` with secure aggregation)."""
+
+    local_steps: int | None = _dp_setting("local_steps", "noisy gradient steps per round",
+                                          "10, with secure aggregation 1")
+    lr: float | None = _dp_setting("lr", "step size", "4.0, with secure aggregation 10.0")
+    momentum: float | None = _dp_setting("momentum", shown="0.9, with secure aggregation 0.85")
+    frequencies: int | None = _dp_setting("frequencies", "gradient frequencies per axis")
+
+    def check(self) -> None:
+        check_against(self, ML_EXPERIMENT_DP)
+
+    def resolved(self, secure: bool) -> PrivateSettings:
+        if secure and self.local_steps not in (None, 1):
+            raise ConfigError("{local_steps} must be 1 with secure aggregation under DP: each site adds only "
+                              "1/sqrt(threshold) of the noise, which protects the sum of one step per round")
+        defaults = SECURE_DEFAULTS if secure else DEFAULTS
+        return dataclasses.replace(self, **{k: defaults[k] for k in dataclasses.asdict(self)
+                                            if getattr(self, k) is None})
+
+
+class Private(Wrapper):
+    key, suffix = "privacy", ", record-level DP"
+    settings_type = PrivateSettings
+
+    def __init__(self, inner: RoundAlgorithm, data: dict, settings: PrivateSettings):
+        super().__init__(inner, data, settings)
+        self.default_rounds = data["rounds"]
+        # One step per round: the momentum is applied to the average here (see the module docstring).
+        self.central_momentum = settings.local_steps == 1
+        self.summed = Summed(VELOCITY_SHAPES if self.central_momentum else PARAM_SHAPES, "n_samples")
+
+    @classmethod
+    def plan(cls, inner: RoundAlgorithm, statuses: list[dict], asked: Any, mode: dict) -> dict | None:
+        given = {k: v for k, v in asked.settings.items() if k in settings_names(cls)}
+        if not any(s["policy"].get("epsilon") is not None for s in statuses):
+            privacy.plan(statuses, 0, asked.epsilon)  # refuses an epsilon no site enforces
+            if given:
+                raise ConfigError(f"{_braced(given)}: the sites enforce no differential privacy: they train with "
+                                  "lbfgs; drop it")
+            return None
+        if inner.private_refusal is not None:
+            private = [s["site"] for s in statuses if s["policy"].get("epsilon") is not None]
+            raise ConfigError(f"{', '.join(private)} enforce differential privacy, which {inner.name} cannot run "
+                              f"under: {inner.private_refusal}")
+        stray = [k for k in asked.settings if k in getattr(inner, "plain_only", ())]
+        if stray:
+            raise ConfigError(f"{_braced(stray)}: the sites enforce differential privacy: they take noisy gradient "
+                              "steps; drop it")
+        settings = PrivateSettings(**given).resolved(secure="secure_aggregation" in mode)
+        rounds = asked.rounds or (SECURE_DEFAULTS if "secure_aggregation" in mode else DEFAULTS)["rounds"]
+        the_plan = privacy.plan(statuses, rounds * settings.local_steps, asked.epsilon)
+        return {**the_plan.to_dict(), "rounds": rounds, "settings": dataclasses.asdict(settings)}
+
+    def configure(self, params: dict) -> tuple[dict, dict]:
+        s, sites = self.settings, self.data["sites"].values()
+        rows = sum(site["rows"] for site in sites)
+        C = self.inner.settings.C
+        sent = {k: params[k] for k in MODEL_SHAPES if k in params} if self.central_momentum else params
+        return sent, {"local_steps": int(s.local_steps), "lr": float(s.lr), "momentum": float(s.momentum),
+                      "l2": 0.0 if C is None else 1.0 / (C * rows), "frequencies": int(s.frequencies),
+                      "noise_multiplier": float(self.data["noise_multiplier"])}
+
+    def validate(self, site: str, result: object) -> None:
+        check_fields(site, result, PARAM_SHAPES)
+
+    def aggregate(self, params: dict, sums: dict[str, np.ndarray]) -> dict:
+        """Every array averaged, weighted by the sites' published noisy row counts; with one step per
+        round, the momentum step on the average step direction."""
+        weight = float(sums["weight"])
+        if not self.central_momentum:
+            return {key: sums[key] / weight for key in PARAM_SHAPES}
+        momentum, lr, new = self.settings.momentum, self.settings.lr, {}
+        for name, shape in MODEL_SHAPES.items():
+            zero = np.zeros(shape)
+            velocity = momentum * params.get(f"velocity_{name}", zero) + sums[f"velocity_{name}"] / weight
+            new[name], new[f"velocity_{name}"] = params.get(name, zero) - lr * velocity, velocity
+        return new
+
+    def annotate(self, record: dict) -> dict:
+        """The epsilon each site has spent once this round is done: its releases before the run
+        composed with this run's so far (what its ledger holds, by the same accountant)."""
+        record = self.inner.annotate(record)
+        steps = record["round"] * self.settings.local_steps
+        sigma = self.data["noise_multiplier"]
+        record["epsilon_spent"] = {
+            site: epsilon([*_released(info), *[sigma] * steps], info["policy"]["delta"])
+            for site, info in self.data["sites"].items()}
+        return record
+
+    def rounds_for(self, asked: int | None) -> int:
+        if asked not in (None, self.default_rounds):
+            raise ConfigError(f"{{rounds}} {asked}: this run's privacy plan spends its epsilon over "
+                              f"{self.default_rounds} rounds (its noise is fixed): drop {{rounds}}")
+        return self.default_rounds
+
+    def training(self) -> dict:
+        return {**dataclasses.asdict(self.inner.settings), **dataclasses.asdict(self.settings)}  # as given
+
+    def describe(self) -> list[tuple[str, str]]:
+        p = self.data  # the inner's settings as given: under DP its own defaults do not apply
+        dp = (f"epsilon {p['epsilon_per_site']:.3g} per site for this run, delta {p['delta']:g}; noise multiplier "
+              f"{p['noise_multiplier']:.4g} on each of {p['noisy_steps_per_site']} noisy steps per site")
+        return [*describe_settings(self.inner.settings), *describe_settings(self.settings),
+                ("differential privacy", dp)]
+
+
+def _released(site: dict) -> list[float]:
+    """A planned site's releases before the run, as noise multipliers."""
+    return [float(s) for s, n in site["released"].items() for _ in range(n)]
+
+
+def _braced(names) -> str:
+    return ", ".join("{" + n + "}" for n in names)

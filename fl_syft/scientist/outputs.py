@@ -1,0 +1,128 @@
+"""What a run writes, every round and at the end (the report's figures are ``scientist.report``).
+
+After every round: ``metrics.json``, ``model.npz`` (the global model) and ``checkpoint.npz``:
+config (with the run's mode: its privacy plan, its secure-aggregation threshold), history and
+every array the algorithm carries (the model and, under DP, the momentum) in one atomic file,
+so ``--resume`` continues from exactly that state. At the end also ``metrics.csv`` (a row per
+round and site).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fl_syft.common.errors import ConfigError, FlSyftError
+from fl_syft.common.files import to_json, write_json
+from fl_syft.common.protocol import MODEL_SHAPES
+
+
+def write_model(path: Path, params: dict) -> None:
+    """The global model alone: coef (10, 784), intercept (10,)."""
+    _savez_atomic(path, **{key: np.asarray(params[key]) for key in MODEL_SHAPES})
+
+
+def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to a temporary file, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_model(path: Path) -> dict:
+    with np.load(path) as z:
+        return {key: z[key] for key in MODEL_SHAPES}
+
+
+def metrics(config: dict, history: list[dict], baselines: dict | None = None, final_round: int | None = None,
+            stopped: str | None = None) -> dict:
+    """The ``metrics.json`` document: config, per-round records, the final model's round (default
+    the last), how many rounds ran and why the run stopped (once it has), baselines."""
+    final = next((r for r in history if r["round"] == final_round), history[-1] if history else {})
+    doc = {"config": config, "rounds": history,
+           "final": {**{k: final.get(k) for k in ("round", "global_test_accuracy", "global_test_loss")},
+                     "rounds_run": len(history), **({"stopped": stopped} if stopped else {})}}
+    if baselines:
+        doc["baselines"] = baselines
+    return doc
+
+
+RUN_FILES = ("metrics.json", "checkpoint.npz", "model.npz")
+
+
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything runs, an ``out`` that cannot hold a run or already holds one
+    (its checkpoint is what ``--resume`` needs: never overwritten unless asked)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{{out}} {out} is a file, not a directory: choose a directory")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(f"{{out}} {out} already holds a run ({', '.join(held)}): continue it with "
+                          f"{{resume}} {out}, choose another {{out}}, or replace it with {{overwrite}}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{{out}} {out} is not writable ({e.strerror}): choose another {{out}}") from None
+
+
+def write_outputs(out: Path, doc: dict, params: dict) -> None:
+    """``checkpoint.npz``, ``model.npz`` and ``metrics.json`` (``doc``: see :func:`metrics`) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(out / "checkpoint.npz", doc["config"], doc["rounds"], params)
+    write_model(out / "model.npz", params)
+    write_json(out / "metrics.json", doc)
+
+
+class CheckpointError(FlSyftError):
+    """A run directory cannot be resumed; the message says why."""
+
+
+STATE = "state"  # the checkpoint's JSON entry; every other entry is one of the params' arrays
+
+
+def write_checkpoint(path: Path, config: dict, history: list[dict], params: dict) -> None:
+    """One file, so params and history can never be from different rounds."""
+    if STATE in params:
+        raise ValueError(f"a params array may not be named {STATE!r}")
+    state = to_json({"config": config, "history": history})
+    _savez_atomic(path, **{key: np.asarray(value) for key, value in params.items()}, **{STATE: np.array(state)})
+
+
+def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
+    """(config, history, params: every array saved) after the last completed round in ``out``."""
+    path = out / "checkpoint.npz"
+    if not path.exists():
+        raise CheckpointError(f"--resume {out}: no checkpoint.npz there (is it the --out of an earlier run?)")
+    try:
+        with np.load(path) as z:
+            state = json.loads(str(z[STATE]))
+            params = {key: z[key] for key in z.files if key != STATE}
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); start a new run") from None
+    return state["config"], state["history"], params
+
+
+# --- end-of-run report ----------------------------------------------------------------------
+
+
+def write_csv(path: Path, history: list[dict]) -> None:
+    """One row per round and site: the global model's test metrics beside the site's own."""
+    import csv
+
+    site_keys = sorted({k for r in history for m in r["sites"].values() for k in m if k != "class_counts"})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", "site", "global_test_accuracy", "global_test_loss", "round_seconds", *site_keys])
+        for r in history:
+            for site, m in r["sites"].items():
+                writer.writerow([r["round"], site, r["global_test_accuracy"], r["global_test_loss"], r["seconds"],
+                                 *[m.get(k) for k in site_keys]])
+            for site in r.get("dropped", {}):
+                writer.writerow([r["round"], site, r["global_test_accuracy"], r["global_test_loss"], r["seconds"],
+                                 *["dropped" if k == "n_samples" else None for k in site_keys]])

@@ -1,0 +1,286 @@
+"""One run, end to end, the same for the CLI, the notebook, the demo and the benchmark.
+
+A :class:`RunRequest` says what to run; :func:`run` plans it against the sites' published
+privacy statuses (the algorithm, wrapped as the sites' policies and the request make it run),
+trains, scores the baselines if asked, and writes every output (``scientist.outputs``, then
+``scientist.report``). :func:`resume` continues a run from its checkpoint with exactly the
+algorithm, mode and state it saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_syft.common.errors import ConfigError
+from fl_syft.scientist import baselines as reference
+from fl_syft.scientist.algorithms import (
+    REGISTRY,
+    WRAPPERS,
+    Algorithm,
+    RoundAlgorithm,
+    State,
+    build,
+    check_given,
+    mode_of,
+    rebuild,
+    settings_names,
+)
+from fl_syft.scientist.outputs import check_out_dir, metrics, read_checkpoint, write_csv, write_outputs
+from fl_syft.scientist.report import write_report
+from fl_syft.scientist.rounds import Resilience, Site
+
+log = logging.getLogger("fl_syft")
+
+Histogram = tuple[dict[str, list[int]], str]  # site -> rows per digit, and which rows they are
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run asks for. ``settings``: the algorithm's and its wrappers' settings given (by name;
+    unset ones take their defaults); ``rounds`` None: the mode's default; under the sites' DP
+    ``epsilon`` is what the run may spend per site (default: what the sites have left);
+    ``secure``: secure aggregation (the scientist sees only sums); ``config`` describes the run
+    in metrics.json (command, data, partition ...; the algorithm, its settings and mode are added)."""
+
+    algorithm: str = "fedavg"
+    settings: dict[str, Any] = field(default_factory=dict)
+    rounds: int | None = None
+    epsilon: float | None = None
+    secure: bool = False
+    baselines: bool = False
+    out: Path | None = None
+    overwrite: bool = False
+    resilience: Resilience = Resilience()
+    config: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse, before anything is launched or connected, what this run could not do."""
+        if self.algorithm not in REGISTRY:
+            raise ConfigError(f"{{algorithm}} {self.algorithm!r} is unknown: use one of {', '.join(REGISTRY)}")
+        check_given(self.algorithm, self.settings)
+        build_settings(self.algorithm, self.settings)
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"{{rounds}} must be at least 1, got {self.rounds}")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ConfigError(f"{{epsilon}} must be > 0, got {self.epsilon:g}")
+        check_resilience(REGISTRY[self.algorithm], self.resilience)
+        if self.out is not None:
+            check_out_dir(self.out, self.overwrite)
+
+    def functions(self) -> tuple[Callable, ...]:
+        """The vetted functions every site must approve for this run (each once, in order)."""
+        return required_functions(REGISTRY[self.algorithm], self.baselines)
+
+
+def build_settings(name: str, given: dict[str, Any]) -> None:
+    """Every settings object the given values make (the algorithm's, each wrapper's), checked."""
+    for cls in (REGISTRY[name], *WRAPPERS):
+        cls.settings_type(**{k: v for k, v in given.items() if k in settings_names(cls)}).check()
+
+
+def check_resilience(algorithm: type[Algorithm] | Algorithm, resilience: Resilience) -> None:
+    """A dropout rule the algorithm cannot honour is refused before anything is connected."""
+    if resilience.min_sites is not None and algorithm.needs_every_site:
+        raise ConfigError(f"{{min_sites}} cannot apply to {algorithm.name}: every site must answer every round "
+                          "(its objective is their sum): drop {min_sites}")
+
+
+def required_functions(cls: type[Algorithm], baselines: bool) -> tuple[Callable, ...]:
+    return tuple(dict.fromkeys(cls.functions + (reference.FUNCTIONS if baselines else ())))
+
+
+@dataclass
+class Resume:
+    """Where an interrupted run stopped: its directory, config (with its mode), completed rounds,
+    and every array its algorithm carried after the last of them."""
+
+    out: Path
+    config: dict
+    history: list[dict]
+    params: dict
+
+    @classmethod
+    def read(cls, out: Path) -> Resume:
+        return cls(out, *read_checkpoint(out))
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return rebuild(self.config)
+
+    def check(self, rounds: int | None = None, resilience: Resilience = Resilience()) -> int:
+        """The rounds the resumed run ends at; ConfigError if it cannot continue."""
+        algorithm = self.algorithm
+        if not algorithm.resumable:
+            raise ConfigError(f"{{resume}} continues {', '.join(n for n, c in REGISTRY.items() if c.resumable)} "
+                              f"runs only ({algorithm.name} keeps its state in memory)")
+        check_resilience(algorithm, resilience)
+        if rounds is not None and rounds < 1:
+            raise ConfigError(f"{{rounds}} must be at least 1, got {rounds}")
+        return self.config["rounds"] if rounds is None else algorithm.rounds_for(rounds)
+
+    def functions(self) -> tuple[Callable, ...]:
+        return required_functions(REGISTRY[self.config["algorithm"]], False)
+
+
+@dataclass
+class Outcome:
+    params: dict
+    history: list[dict]
+    scores: dict = field(default_factory=dict)  # baselines
+    report: Path | None = None
+
+
+def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: np.ndarray, *,
+        ceiling: Callable[[float], dict] | None = None, histogram: Histogram | None = None) -> Outcome:
+    """Plan ``request`` over ``sites``, train, score the baselines if asked, write the outputs.
+
+    ``ceiling(C)`` and ``histogram``: what only a simulation can compute from pooled rows
+    (``fl_syft.simulate``): the centralized ceiling for the run's C, and each site's rows per digit.
+    """
+    request.check()
+    algorithm = build(request.algorithm, request.settings, [site.privacy() for site in sites], request)
+    rounds = algorithm.rounds_for(request.rounds)
+    mode = mode_of(algorithm)
+    config = {**request.config, "algorithm": algorithm.name, "rounds": rounds, "training": algorithm.training(),
+              **mode}
+    if "secure_aggregation" in mode:
+        log.info("secure aggregation: each round only the sum of at least %d sites is unmasked",
+                 mode["secure_aggregation"]["threshold"])
+    if "privacy" in mode:
+        p = mode["privacy"]
+        log.info("privacy: this run spends epsilon %.3g per site (delta %g): %d noisy steps per site, noise "
+                 "multiplier %.4g", p["epsilon_per_site"], p["delta"], p["noisy_steps_per_site"], p["noise_multiplier"])
+    return _train(sites, algorithm, rounds, State(), config, X_test, y_test, out=request.out,
+                  resilience=request.resilience, baselines=request.baselines, ceiling=ceiling, histogram=histogram)
+
+
+def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.ndarray, *,
+           rounds: int | None = None, resilience: Resilience = Resilience()) -> Outcome:
+    """Continue ``saved`` from its last completed round to ``rounds`` (default: the rounds it planned)."""
+    rounds = saved.check(rounds, resilience)
+    config = {**saved.config, "rounds": rounds}
+    log.info("resuming %s after round %d of %d", saved.out, len(saved.history), rounds)
+    if len(saved.history) >= rounds:
+        log.info("nothing to do: %d of %d rounds already completed", len(saved.history), rounds)
+        return Outcome(saved.params, saved.history)
+    return _train(sites, saved.algorithm, rounds, State(saved.params, saved.history), config, X_test, y_test,
+                  out=saved.out, resilience=resilience)
+
+
+def secure_by_default(algorithm: str) -> bool:
+    """The demo's default: secure aggregation wherever the algorithm has a secure form (the
+    scientist sees sums, and under DP the sum carries the noise of one mechanism, not one per site)."""
+    return issubclass(REGISTRY[algorithm], RoundAlgorithm)
+
+
+def run_over(addresses: Sequence, password: Any, request: RunRequest, data: str, *,
+             approval_timeout: float = 60.0) -> Outcome:
+    """:func:`run` over running datasites: the public test set loaded, the sites connected and the
+    request's vetted functions approved there (``scientist.connect``)."""
+    from fl_syft.common.data import load_mnist
+    from fl_syft.scientist.connect import connect
+
+    request.check()
+    mnist = load_mnist(data)
+    sites = connect(addresses, password, request.functions(), approval_timeout)
+    return run(sites, request, mnist.X_test, mnist.y_test)
+
+
+def resume_over(addresses: Sequence, password: Any, saved: Resume, data: str, *, rounds: int | None = None,
+                resilience: Resilience = Resilience(), approval_timeout: float = 60.0) -> Outcome:
+    """:func:`resume` over running datasites (as :func:`run_over`)."""
+    from fl_syft.common.data import load_mnist
+    from fl_syft.scientist.connect import connect
+
+    saved.check(rounds, resilience)
+    mnist = load_mnist(data)
+    sites = connect(addresses, password, saved.functions(), approval_timeout)
+    return resume(sites, saved, mnist.X_test, mnist.y_test, rounds=rounds, resilience=resilience)
+
+
+def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: State, config: dict,
+           X_test: np.ndarray, y_test: np.ndarray, *, out: Path | None, resilience: Resilience,
+           baselines: bool = False, ceiling: Callable[[float], dict] | None = None,
+           histogram: Histogram | None = None) -> Outcome:
+    scores: dict = {}
+
+    def save(params: dict, history: list[dict]) -> None:
+        if out:
+            write_outputs(out, metrics(config, history, scores), params)
+
+    state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
+    mode = mode_of(algorithm)
+    if baselines and mode:
+        why = ("under differential privacy a site alone would spend its budget on it" if "privacy" in mode else
+               "with secure aggregation no site's own model is revealed")
+        log.info("baselines dropped: %s", why)
+        scores["dropped"] = why
+    elif baselines:
+        scores.update(_baselines(sites, algorithm, X_test, y_test, resilience, ceiling))
+    doc = metrics(config, state.history, scores, algorithm.final_round(state.history),
+                  algorithm.stop_reason(state.history, rounds))
+    if "privacy" in mode:
+        doc["final"]["epsilon_spent"] = {s["site"]: {"epsilon": s["epsilon_spent"], "delta": s["policy"]["delta"],
+                                                     "of": s["policy"]["epsilon"]}
+                                         for s in (site.privacy() for site in sites)}
+        log.info("epsilon spent per site: %s", ", ".join(f"{k} {v['epsilon']:.3g} of {v['of']:g}"
+                                                          for k, v in doc["final"]["epsilon_spent"].items()))
+    log.info("final global test accuracy %.2f%% (the model of round %d; %d rounds run: %s)",
+             100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], len(state.history),
+             doc["final"]["stopped"])
+    outcome = Outcome(state.params, state.history, scores)
+    if out:
+        write_outputs(out, doc, state.params)
+        write_csv(out / "metrics.csv", state.history)
+        counts, rows = histogram or _histogram(state.history, scores, algorithm)
+        outcome.report = write_report(out, doc, algorithm, state.params, X_test, y_test, counts, rows)
+        log.info("report: %s", outcome.report)
+    return outcome
+
+
+def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,
+               resilience: Resilience, ceiling: Callable[[float], dict] | None) -> dict:
+    training = algorithm.training()
+    C = training.get("C") or 1.0
+    log.info("baselines: each site alone to convergence%s", " and the pooled ceiling" if ceiling else "")
+    scores = {"local_only": reference.local_only(sites, X_test, y_test, C=C, holdout=_holdout(algorithm),
+                                                 seed=training.get("seed") or 0, resilience=resilience)}
+    if ceiling is not None:
+        best = ceiling(C)
+        scores["centralized"] = {"test_accuracy": best["test_accuracy"], "n_iter": best["n_iter"],
+                                 "note": "pooled shards: computable only in simulation"}
+    for name, value in sorted(scores.items()):
+        log.info("baseline %s: %s", name, _describe_baseline(value))
+    return scores
+
+
+def _describe_baseline(value: dict) -> str:
+    if "test_accuracy" in value:
+        return f"{100 * value['test_accuracy']:.2f}%"
+    accs = [v["test_accuracy"] for v in value.values()]
+    return f"mean {100 * sum(accs) / len(accs):.2f}%, min {100 * min(accs):.2f}%"
+
+
+def _histogram(history: list[dict], scores: dict, algorithm: Algorithm) -> tuple[dict | None, str]:
+    """(site -> rows per digit, which rows they are) for the report, from what the sites reported."""
+    rows = f"the training rows each site reported (its {_holdout(algorithm):.0%} held-out rows not included)"
+    if scores.get("local_only"):
+        return {name: v["class_counts"] for name, v in scores["local_only"].items()}, rows
+    first = history[0]["sites"] if history else {}
+    counts = {name: m["class_counts"] for name, m in first.items() if "class_counts" in m}
+    return counts or None, rows
+
+
+def _holdout(algorithm: Algorithm) -> float:
+    """The held-out fraction of each site's rows in ``ml_experiment`` calls (its default if unset;
+    none under DP, where every row trains)."""
+    if "privacy" in mode_of(algorithm):
+        return 0.0
+    holdout = algorithm.training().get("holdout")
+    return reference.DEFAULT_HOLDOUT if holdout is None else holdout
