@@ -103,6 +103,10 @@ def test_non_loopback_host_warns(tmp_path, capsys, small_idx):
     (["run", "--min-sites", "3", "--datasite", "http://127.0.0.1:9"], "--min-sites 3 is more than the 1 sites"),
     (["run", "--retries", "-1"], "--retries must be >= 0"),
     (["run", "--rounds", "0"], "--rounds must be at least 1"),
+    # what a site would refuse after login is refused before anything is connected
+    (["run", "--lr", "200", "--datasite", "http://127.0.0.1:9"], "--lr 200.0 is outside [0.0001, 100] (what the "
+                                                                  "sites admit)"),
+    (["run", "--local-steps", "0", "--datasite", "http://127.0.0.1:9"], "--local-steps 0 is outside [1, 100]"),
     (["demo", "--partition", "dirichlet", "--alpha", "-1"], "--alpha must be > 0"),
     (["demo", "--noisy-sites", "5", "--noise-std", "50"], "--noisy-sites [5] out of range"),
 ])

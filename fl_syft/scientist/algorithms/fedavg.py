@@ -26,7 +26,8 @@ PLAIN_ONLY = ("local_iters", "holdout", "seed", "logit_adjust")  # what the site
 def _schema_setting(name: str, label: str | None = None, prefix: str = "no DP: ") -> object:
     """A setting whose help and default come from the vetted function's schema (what the site admits)."""
     key = ML_EXPERIMENT[name]
-    return setting(None, prefix + key.help, label, shown=str(key.default))
+    shown = ("on" if key.default else "off") if key.kind is bool else str(key.default)
+    return setting(None, prefix + key.help, label, shown=shown)
 
 
 @dataclass(frozen=True)
