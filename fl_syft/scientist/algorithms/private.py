@@ -95,7 +95,7 @@ class Private(Wrapper):
             private = [s["site"] for s in statuses if s["policy"].get("epsilon") is not None]
             raise ConfigError(f"{', '.join(private)} enforce differential privacy, which {inner.name} cannot run "
                               f"under: {inner.private_refusal}")
-        stray = [k for k in asked.settings if k in getattr(inner, "plain_only", ())]
+        stray = [k for k in asked.settings if k in inner.plain_only]
         if stray:
             raise ConfigError(f"{_braced(stray)}: the sites enforce differential privacy: they take noisy gradient "
                               "steps; drop it")
