@@ -20,8 +20,7 @@ from pathlib import Path
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import KINDS, SCENARIO_HELP, SCENARIOS, PartitionSpec
 from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
-from fl_syft.scientist.algorithms import REGISTRY, WRAPPERS
-from fl_syft.scientist.algorithms.base import NoSettings
+from fl_syft.scientist.algorithms import REGISTRY, setting_owners
 from fl_syft.scientist.rounds import Resilience
 from fl_syft.scientist.runs import RunRequest
 
@@ -112,9 +111,7 @@ def _setting_fields() -> dict:
     """settings field -> [(algorithm name, settings owner), ...] over the algorithms and the wrappers
     that apply to them (a wrapper's settings are shown as the algorithm's: fedavg), first
     definition first."""
-    owners = [*REGISTRY.items()]
-    owners += [(name, wrapper) for wrapper in WRAPPERS if wrapper.settings_type is not NoSettings
-               for name, cls in REGISTRY.items() if cls.private_refusal is None]
+    owners = [(name, owner) for name in REGISTRY for owner in setting_owners(name)]
     fields: dict = {}
     for name, cls in owners:
         for field in dataclasses.fields(cls.settings_type):
@@ -386,7 +383,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = [*_given_settings(args), *["algorithm"] * (args.algorithm is not None),
                  *["out"] * (args.out is not None), *["epsilon"] * (args.epsilon is not None),
                  *["secure_aggregation"] * (args.secure_aggregation is not None),
-                 *["baselines"] * (args.baselines is not None)]
+                 *["baselines"] * (args.baselines is not None), *["overwrite"] * args.overwrite]
         if given:
             raise ConfigError(f"{_fields(given)}: {{resume}} continues the run with its saved settings "
                               "(only {rounds} may change): drop them")

@@ -107,6 +107,8 @@ def test_non_loopback_host_warns(tmp_path, capsys, small_idx):
     (["run", "--lr", "200", "--datasite", "http://127.0.0.1:9"], "--lr 200.0 is outside [0.0001, 100] (what the "
                                                                   "sites admit)"),
     (["run", "--local-steps", "0", "--datasite", "http://127.0.0.1:9"], "--local-steps 0 is outside [1, 100]"),
+    (["run", "--algorithm", "lbfgs", "--lr", "1", "--datasite", "http://127.0.0.1:9"],
+     "--lr: not a setting of --algorithm lbfgs"),
     (["demo", "--partition", "dirichlet", "--alpha", "-1"], "--alpha must be > 0"),
     (["demo", "--noisy-sites", "5", "--noise-std", "50"], "--noisy-sites [5] out of range"),
 ])

@@ -48,3 +48,16 @@ def test_a_registered_algorithm_runs_plain_secure_and_resumed(small, tmp_path, m
     assert type(saved.algorithm.inner) is ServerMomentum and set(saved.params) == set(plain.params)
     more = runs.resume(local_sites(shards, policy), saved, small.X_test, small.y_test, rounds=4)
     assert [r["round"] for r in more.history] == [1, 2, 3, 4]
+
+
+def test_a_subclass_is_not_silently_run_as_dp_fedavg(small, tmp_path, monkeypatch):
+    """The DP form replaces the local training and the averaging: an algorithm that changes them must
+    declare a private form of its own, else the sites' DP refuses it before anything is charged."""
+    from fl_syft.common.errors import ConfigError
+
+    monkeypatch.setitem(REGISTRY, ServerMomentum.name, ServerMomentum)
+    shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
+    sites = local_sites(shards, owner_policy(epsilon=1.0, min_rows=10), tmp_path)
+    with pytest.raises(ConfigError, match="which fedavgm cannot run under: it has no private form of its own"):
+        runs.run(sites, runs.RunRequest(algorithm="fedavgm", rounds=2), small.X_test, small.y_test)
+    assert all(s.privacy()["noise_multipliers"].keys() == {"100.0"} for s in sites)  # only the row count

@@ -114,6 +114,16 @@ def test_a_plain_run_stopped_after_round_k_resumes_to_the_uninterrupted_model(sm
         np.testing.assert_array_equal(resumed.params[key], reference.params[key])
 
 
+def test_a_checkpoint_of_an_older_fl_syft_is_refused_in_one_line(small, tmp_path, capsys):
+    from fl_syft.scientist.outputs import write_checkpoint
+
+    old = {"command": "run", "algorithm": "fedavg", "training": {"rounds": 5, "local_iters": 20}}  # no mode, no rounds
+    write_checkpoint(tmp_path / "checkpoint.npz", old, [], {"coef": np.zeros((10, 784)), "intercept": np.zeros(10)})
+    assert main(["run", "--resume", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by an older fl-syft" in err[0] and "start a new run" in err[0], err
+
+
 def test_rounds_of_a_private_resume_are_the_plans(small, tmp_path, capsys):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
     sites = local_sites(shards, owner_policy(epsilon=1.0, min_rows=10), tmp_path / "ledgers")

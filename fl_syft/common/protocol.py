@@ -54,8 +54,9 @@ class Refusal:
 
     @property
     def line(self) -> str:
-        """The refusal for a person: without its machine-readable tag."""
-        return f"{self.site} refused {self.what}: {self.reason}"
+        """The refusal for a person, on one line (at most ~400 characters), without its tag."""
+        reason = " ".join(self.reason.split())
+        return f"{self.site} refused {self.what}: {reason[:400]}"
 
     @classmethod
     def find(cls, text: str) -> Refusal | None:

@@ -108,7 +108,7 @@ def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
     return state["config"], state["history"], params
 
 
-# --- end-of-run report ----------------------------------------------------------------------
+# --- at the end of a run ---------------------------------------------------------------------
 
 
 def write_csv(path: Path, history: list[dict]) -> None:

@@ -21,7 +21,6 @@ from fl_syft.common.errors import ConfigError
 from fl_syft.scientist import baselines as reference
 from fl_syft.scientist.algorithms import (
     REGISTRY,
-    WRAPPERS,
     Algorithm,
     RoundAlgorithm,
     State,
@@ -29,9 +28,19 @@ from fl_syft.scientist.algorithms import (
     check_given,
     mode_of,
     rebuild,
+    setting_owners,
     settings_names,
 )
-from fl_syft.scientist.outputs import check_out_dir, metrics, read_checkpoint, write_csv, write_outputs
+from fl_syft.scientist.algorithms.private import Private
+from fl_syft.scientist.algorithms.secure import Secure
+from fl_syft.scientist.outputs import (
+    CheckpointError,
+    check_out_dir,
+    metrics,
+    read_checkpoint,
+    write_csv,
+    write_outputs,
+)
 from fl_syft.scientist.report import write_report
 from fl_syft.scientist.rounds import Resilience, Site
 
@@ -80,8 +89,8 @@ class RunRequest:
 
 def build_settings(name: str, given: dict[str, Any]) -> None:
     """Every settings object the given values make (the algorithm's, each wrapper's), checked."""
-    for cls in (REGISTRY[name], *WRAPPERS):
-        cls.settings_type(**{k: v for k, v in given.items() if k in settings_names(cls)}).check()
+    for owner in setting_owners(name):
+        owner.settings_type(**{k: v for k, v in given.items() if k in settings_names(owner)}).check()
 
 
 def check_resilience(algorithm: type[Algorithm] | Algorithm, resilience: Resilience) -> None:
@@ -107,7 +116,11 @@ class Resume:
 
     @classmethod
     def read(cls, out: Path) -> Resume:
-        return cls(out, *read_checkpoint(out))
+        config, history, params = read_checkpoint(out)
+        if "rounds" not in config:  # before the run's mode was saved with it
+            raise CheckpointError(f"--resume {out}: its checkpoint was written by an older fl-syft, which saved "
+                                  "neither the rounds nor the plan a resume needs; start a new run")
+        return cls(out, config, history, params)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -149,11 +162,11 @@ def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: 
     mode = mode_of(algorithm)
     config = {**request.config, "algorithm": algorithm.name, "rounds": rounds, "training": algorithm.training(),
               **mode}
-    if "secure_aggregation" in mode:
+    if Secure.key in mode:
         log.info("secure aggregation: each round only the sum of at least %d sites is unmasked",
-                 mode["secure_aggregation"]["threshold"])
-    if "privacy" in mode:
-        p = mode["privacy"]
+                 mode[Secure.key]["threshold"])
+    if Private.key in mode:
+        p = mode[Private.key]
         log.info("privacy: this run spends epsilon %.3g per site (delta %g): %d noisy steps per site, noise "
                  "multiplier %.4g", p["epsilon_per_site"], p["delta"], p["noisy_steps_per_site"], p["noise_multiplier"])
     return _train(sites, algorithm, rounds, State(), config, X_test, y_test, out=request.out,
@@ -217,7 +230,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
     mode = mode_of(algorithm)
     if baselines and mode:
-        why = ("under differential privacy a site alone would spend its budget on it" if "privacy" in mode else
+        why = ("under differential privacy a site alone would spend its budget on it" if Private.key in mode else
                "with secure aggregation no site's own model is revealed")
         log.info("baselines dropped: %s", why)
         scores["dropped"] = why
@@ -225,7 +238,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
         scores.update(_baselines(sites, algorithm, X_test, y_test, resilience, ceiling))
     doc = metrics(config, state.history, scores, algorithm.final_round(state.history),
                   algorithm.stop_reason(state.history, rounds))
-    if "privacy" in mode:
+    if Private.key in mode:
         doc["final"]["epsilon_spent"] = {s["site"]: {"epsilon": s["epsilon_spent"], "delta": s["policy"]["delta"],
                                                      "of": s["policy"]["epsilon"]}
                                          for s in (site.privacy() for site in sites)}
@@ -280,7 +293,7 @@ def _histogram(history: list[dict], scores: dict, algorithm: Algorithm) -> tuple
 def _holdout(algorithm: Algorithm) -> float:
     """The held-out fraction of each site's rows in ``ml_experiment`` calls (its default if unset;
     none under DP, where every row trains)."""
-    if "privacy" in mode_of(algorithm):
+    if Private.key in mode_of(algorithm):
         return 0.0
     holdout = algorithm.training().get("holdout")
     return reference.DEFAULT_HOLDOUT if holdout is None else holdout

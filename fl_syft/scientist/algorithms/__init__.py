@@ -64,9 +64,15 @@ def rebuild(config: dict) -> Algorithm:
     return compose(cls(cls.settings_type(**own)), {w.key: config[w.key] for w in WRAPPERS if config.get(w.key)})
 
 
+def setting_owners(name: str) -> list[type]:
+    """Algorithm ``name`` and the wrappers that can run around it: whose settings are its flags."""
+    cls = REGISTRY[name]
+    return [cls, *(w for w in WRAPPERS if w.wraps(cls))]
+
+
 def check_given(name: str, given: dict[str, Any]) -> None:
-    """Refuse a setting neither algorithm ``name`` nor any wrapper has (another algorithm's)."""
-    known = settings_names(REGISTRY[name]).union(*(settings_names(w) for w in WRAPPERS))
+    """Refuse a setting neither algorithm ``name`` nor a wrapper around it has (another algorithm's)."""
+    known = set().union(*(settings_names(owner) for owner in setting_owners(name)))
     foreign = sorted(set(given) - known)
     if foreign:
         raise ConfigError(f"{', '.join('{' + n + '}' for n in foreign)}: not a setting of --algorithm {name}: "
@@ -74,4 +80,4 @@ def check_given(name: str, given: dict[str, Any]) -> None:
 
 
 __all__ = ["REGISTRY", "WRAPPERS", "Algorithm", "RoundAlgorithm", "State", "FedAvg", "Lbfgs", "build", "compose",
-           "mode_of", "rebuild", "check_given"]
+           "mode_of", "rebuild", "check_given", "setting_owners"]

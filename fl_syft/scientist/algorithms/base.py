@@ -66,7 +66,10 @@ class Algorithm(ABC):
     rounds_label: ClassVar[str] = "rounds"  # how the report names the rounds asked for
     resumable: ClassVar[bool] = True  # can ``--resume`` continue it from a checkpoint
     needs_every_site: ClassVar[bool] = False  # True: a round without every site is meaningless (no --min-sites)
-    private_refusal: ClassVar[str | None] = "it has no private form"  # None: the DP wrapper applies
+    # None: the DP wrapper applies. It replaces the local training and the averaging with noisy
+    # gradient steps (reading only the inner's C), so a subclass that changes either must say so
+    # again itself: the wrapper looks for None in the class's own body, not inherited.
+    private_refusal: ClassVar[str | None] = "it has no private form"
     plain_only: ClassVar[tuple[str, ...]] = ()  # settings that do not apply under the sites' DP
 
     def __init__(self, settings: Any = None):
@@ -209,6 +212,11 @@ class Wrapper(RoundAlgorithm):
         self.title, self.needs_every_site = inner.title + self.suffix, inner.needs_every_site
         self.summed, self.default_rounds, self.rounds_label = inner.summed, inner.default_rounds, inner.rounds_label
         super().__init__(settings)
+
+    @classmethod
+    def wraps(cls, algorithm: type[Algorithm]) -> bool:
+        """Can this wrapper run around ``algorithm`` at all (its settings are then the algorithm's flags)?"""
+        return issubclass(algorithm, RoundAlgorithm)
 
     @classmethod
     @abstractmethod

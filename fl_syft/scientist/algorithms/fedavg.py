@@ -20,7 +20,7 @@ from fl_syft.scientist.aggregate import validate_result
 from fl_syft.scientist.algorithms.base import RoundAlgorithm, Summed, check_against, describe_settings, setting
 from fl_syft.vetted.local_training import ml_experiment
 
-PLAIN_ONLY = ("local_iters", "holdout", "seed", "logit_adjust")  # what the sites' lbfgs round takes
+PLAIN_ONLY = tuple(k.name for k in ML_EXPERIMENT.keys if k.name != "C")  # only the sites' lbfgs round takes
 
 
 def _schema_setting(name: str, label: str | None = None, prefix: str = "no DP: ") -> object:
@@ -66,8 +66,7 @@ class FedAvg(RoundAlgorithm):
     def configure(self, params: dict) -> tuple[dict, dict]:
         s = self.settings.resolved()
         model = {key: params[key] for key in MODEL_SHAPES if key in params}  # what the sites take; state stays here
-        return model, {"local_iters": int(s.local_iters), "C": float(s.C), "holdout": float(s.holdout),
-                        "seed": int(s.seed), "logit_adjust": bool(s.logit_adjust)}
+        return model, {k.name: k.kind(getattr(s, k.name)) for k in ML_EXPERIMENT.keys}  # plain types: PySyft checks
 
     def validate(self, site: str, result: object) -> None:
         validate_result(site, result)

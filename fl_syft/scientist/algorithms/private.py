@@ -33,6 +33,7 @@ from fl_syft.scientist.algorithms.base import (
     setting,
     settings_names,
 )
+from fl_syft.scientist.algorithms.secure import Secure
 
 # The scientist's defaults under DP (the site's schema has no default for local_steps).
 DEFAULTS = {"rounds": 12, "local_steps": 10, **{k: ML_EXPERIMENT_DP[k].default for k in ("lr", "momentum",
@@ -75,6 +76,10 @@ class Private(Wrapper):
     key, suffix = "privacy", ", record-level DP"
     settings_type = PrivateSettings
 
+    @classmethod
+    def wraps(cls, algorithm: type) -> bool:
+        return "private_refusal" in vars(algorithm) and algorithm.private_refusal is None
+
     def __init__(self, inner: RoundAlgorithm, data: dict, settings: PrivateSettings):
         super().__init__(inner, data, settings)
         self.default_rounds = data["rounds"]
@@ -91,16 +96,18 @@ class Private(Wrapper):
                 raise ConfigError(f"{_braced(given)}: the sites enforce no differential privacy: they train with "
                                   "lbfgs; drop it")
             return None
-        if inner.private_refusal is not None:
+        if not cls.wraps(type(inner)):
             private = [s["site"] for s in statuses if s["policy"].get("epsilon") is not None]
+            why = inner.private_refusal or "it has no private form of its own (the DP form replaces its training)"
             raise ConfigError(f"{', '.join(private)} enforce differential privacy, which {inner.name} cannot run "
-                              f"under: {inner.private_refusal}")
+                              f"under: {why}")
         stray = [k for k in asked.settings if k in inner.plain_only]
         if stray:
             raise ConfigError(f"{_braced(stray)}: the sites enforce differential privacy: they take noisy gradient "
                               "steps; drop it")
-        settings = PrivateSettings(**given).resolved(secure="secure_aggregation" in mode)
-        rounds = asked.rounds or (SECURE_DEFAULTS if "secure_aggregation" in mode else DEFAULTS)["rounds"]
+        secure = Secure.key in mode  # planned before this wrapper (see WRAPPERS)
+        settings = PrivateSettings(**given).resolved(secure=secure)
+        rounds = asked.rounds or (SECURE_DEFAULTS if secure else DEFAULTS)["rounds"]
         the_plan = privacy.plan(statuses, rounds * settings.local_steps, asked.epsilon)
         return {**the_plan.to_dict(), "rounds": rounds, "settings": dataclasses.asdict(settings)}
 
@@ -147,10 +154,11 @@ class Private(Wrapper):
         return self.default_rounds
 
     def training(self) -> dict:
-        return {**dataclasses.asdict(self.inner.settings), **dataclasses.asdict(self.settings)}  # as given
+        # The inner's settings as given (under DP its own defaults do not apply), then this run's.
+        return {**dataclasses.asdict(self.inner.settings), **dataclasses.asdict(self.settings)}
 
     def describe(self) -> list[tuple[str, str]]:
-        p = self.data  # the inner's settings as given: under DP its own defaults do not apply
+        p = self.data
         dp = (f"epsilon {p['epsilon_per_site']:.3g} per site for this run, delta {p['delta']:g}; noise multiplier "
               f"{p['noise_multiplier']:.4g} on each of {p['noisy_steps_per_site']} noisy steps per site")
         return [*describe_settings(self.inner.settings), *describe_settings(self.settings),

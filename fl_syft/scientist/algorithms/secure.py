@@ -31,7 +31,7 @@ class Secure(Wrapper):
         required = any(s["policy"].get("require_secure_aggregation") for s in statuses)
         if not (asked.secure or required):
             return None
-        if not isinstance(inner, RoundAlgorithm):
+        if not cls.wraps(type(inner)):
             raise ConfigError(f"{inner.name} has no secure-aggregation form (fedavg has): drop "
                               "{secure_aggregation} or use --algorithm fedavg")
         return {"threshold": _threshold(statuses)}
