@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fl_syft.common.errors import ConfigError
+from fl_syft.common.protocol import ML_EXPERIMENT
 from fl_syft.scientist import baselines as reference
 from fl_syft.scientist.algorithms import (
     REGISTRY,
     Algorithm,
-    RoundAlgorithm,
     State,
     build,
     check_given,
@@ -122,7 +123,7 @@ class Resume:
                                   "neither the rounds nor the plan a resume needs; start a new run")
         return cls(out, config, history, params)
 
-    @property
+    @cached_property
     def algorithm(self) -> Algorithm:
         return rebuild(self.config)
 
@@ -189,7 +190,7 @@ def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.
 def secure_by_default(algorithm: str) -> bool:
     """The demo's default: secure aggregation wherever the algorithm has a secure form (the
     scientist sees sums, and under DP the sum carries the noise of one mechanism, not one per site)."""
-    return issubclass(REGISTRY[algorithm], RoundAlgorithm)
+    return Secure.wraps(REGISTRY[algorithm])
 
 
 def run_over(addresses: Sequence, password: Any, request: RunRequest, data: str, *,
@@ -260,10 +261,11 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
 def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,
                resilience: Resilience, ceiling: Callable[[float], dict] | None) -> dict:
     training = algorithm.training()
-    C = training.get("C") or 1.0
+    C = training.get("C", ML_EXPERIMENT["C"].default)
     log.info("baselines: each site alone to convergence%s", " and the pooled ceiling" if ceiling else "")
+    seed = training.get("seed", ML_EXPERIMENT["seed"].default)
     scores = {"local_only": reference.local_only(sites, X_test, y_test, C=C, holdout=_holdout(algorithm),
-                                                 seed=training.get("seed") or 0, resilience=resilience)}
+                                                 seed=seed, resilience=resilience)}
     if ceiling is not None:
         best = ceiling(C)
         scores["centralized"] = {"test_accuracy": best["test_accuracy"], "n_iter": best["n_iter"],
