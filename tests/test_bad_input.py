@@ -137,7 +137,7 @@ def test_site_returning_nan_or_wrong_shapes(small_idx, tmp_path, capsys, monkeyp
 
     def site_2_is_broken(data, global_params, config):
         result = real(data, global_params, config)
-        if len(data) == 1500 and data[0, 784] == site_2_first_label:
+        if len(data["y"]) == 1500 and data["y"][0] == site_2_first_label:  # data: the rows' features and labels
             poison(result)
         return result
 
@@ -167,3 +167,16 @@ def test_notebook_before_the_launcher(tmp_path):
     with pytest.raises(CellExecutionError) as err:
         NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(root / "notebooks")}}).execute()
     assert "not found: start the datasites first (python launch_datasites.py)" in str(err.value)
+
+
+def test_frequencies_are_refused_off_pixels_before_any_call(small_idx, tmp_path, capsys):
+    """Under DP --frequencies describes an image's pixels: on the default scattering features it is
+    refused before any site is called (nothing charged), on --features pixels it runs."""
+    dp = ["simulate", "--data", f"idx:{small_idx}", "--min-rows", "50", "--rounds", "1", "--local-steps", "1",
+          "--frequencies", "10"]
+    rc, line = run(capsys, *dp, "--out", str(tmp_path / "a"))
+    assert rc == 2 and "--frequencies applies to --features pixels only, not scattering: drop it" in line
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    assert main([*dp, "--features", "pixels", "--out", str(tmp_path / "b")]) == 0
+    config = json.loads((tmp_path / "b" / "metrics.json").read_text())["config"]
+    assert config["features"]["name"] == "pixels" and config["privacy"]["settings"]["frequencies"] == 10

@@ -8,11 +8,14 @@ from conftest import PLAIN
 
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
+from fl_syft.common.features import MAPS
+from fl_syft.scientist.evaluate import features_of_test_set as features_of
 from fl_syft.scientist.evaluate import score
 from fl_syft.scientist.outputs import load_model
 
 
-def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path):
+def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["simulate", *PLAIN, "--data", f"idx:{small_idx}", "--sites", "3", "--rounds", "4",
                "--local-iters", "3", "--out", str(out)])
@@ -25,8 +28,29 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     assert set(first["sites"]) == {"site-1", "site-2", "site-3"}
     assert {"round", "global_test_accuracy", "global_test_loss", "seconds"} <= set(first)
     data = load_mnist(f"idx:{small_idx}")
-    recomputed = score(load_model(out / "model.npz"), data.X_test, data.y_test)
+    params, fmap = load_model(out / "model.npz")
+    assert fmap is MAPS[DEFAULT_FEATURES] and metrics["config"]["features"] == fmap.spec  # the default map, saved
+    assert params["coef"].shape == (10, fmap.width)
+    recomputed = score(params, features_of(fmap, data.X_test), data.y_test)
     assert recomputed["accuracy"] == metrics["final"]["global_test_accuracy"]
+    capsys.readouterr()
+    assert main(["score", str(out / "model.npz"), "--data", f"idx:{small_idx}"]) == 0  # anyone can score it
+    printed = capsys.readouterr().out
+    assert f"accuracy {100 * recomputed['accuracy']:.2f}%" in printed
+    assert f"on {len(data.y_test)} test images" in printed
+
+
+def test_simulate_on_pixels_saves_a_model_on_pixels(small_idx, tmp_path):
+    out = tmp_path / "run"
+    assert main(["simulate", *PLAIN, "--data", f"idx:{small_idx}", "--sites", "2", "--rounds", "2",
+                 "--local-iters", "3", "--features", "pixels", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    params, fmap = load_model(out / "model.npz")
+    assert fmap is MAPS["pixels"] and metrics["config"]["features"] == fmap.spec
+    assert params["coef"].shape == (10, 784)
+    data = load_mnist(f"idx:{small_idx}")
+    recomputed = score(params, features_of(fmap, data.X_test), data.y_test)
+    assert recomputed["accuracy"] == metrics["final"]["global_test_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("args, message", [
@@ -39,6 +63,7 @@ def test_simulate_improves_over_rounds_and_saves_a_consistent_model(small_idx, t
     (["--C", "0"], "--C 0.0 is outside [0.0001, 10000] (what the sites admit)"),
     (["--sizes", "1,x"], "expected comma-separated integers"),
     (["--rounds", "five"], "invalid int value: 'five'"),
+    (["--features", "raw"], "invalid choice: 'raw' (choose from 'scattering', 'pixels')"),
     # a flag the chosen partition would ignore is refused, not silently dropped
     (["--alpha", "0.1", "--sites", "10"], "--alpha is for --partition dirichlet, not iid"),
     (["--sizes", "100,200"], "--sizes is for --partition sizes, not iid"),
@@ -74,7 +99,7 @@ def test_simulate_is_deterministic(small_idx, tmp_path):
         assert main(["simulate", *PLAIN, "--min-rows", "10", "--data", f"idx:{small_idx}", "--rounds", "2",
                      "--local-iters", "2",
                      "--partition", "dirichlet", "--sites", "3", "--out", str(tmp_path / name)]) == 0
-    a, b = (load_model(tmp_path / n / "model.npz") for n in ("a", "b"))
+    (a, _), (b, _) = (load_model(tmp_path / n / "model.npz") for n in ("a", "b"))
     assert np.array_equal(a["coef"], b["coef"])
 
 
@@ -88,5 +113,5 @@ def test_no_logit_adjust_reaches_the_sites_and_the_report(small_idx, tmp_path):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["config"]["training"]["logit_adjust"] is (name == "on")
         assert f"| label-prior (logit) adjustment | {name} |" in (out / "report.md").read_text()
-        runs[name] = load_model(out / "model.npz")
+        runs[name] = load_model(out / "model.npz")[0]
     assert not np.allclose(runs["on"]["intercept"], runs["off"]["intercept"])

@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
+from conftest import width
 
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
 from fl_syft.scientist.aggregate import SiteResultError, validate_result
 from fl_syft.scientist.algorithms import FedAvg
 
-ZERO = {"coef": np.zeros((10, 784)), "intercept": np.zeros(10)}
+W = width(DEFAULT_FEATURES)  # FedAvg's default feature map: scattering, 3969 features
+ZERO = {"coef": np.zeros((10, W)), "intercept": np.zeros(10)}
 
 
 def fedavg(results: dict, received: dict = ZERO) -> dict:
@@ -20,7 +23,7 @@ def _result(value: float, n: int, classes=range(10)) -> dict:
     counts = np.zeros(10, np.int64)
     counts[list(classes)] = n // len(classes)
     counts[min(classes)] += n - counts.sum()
-    return {"coef": np.full((10, 784), value), "intercept": np.full(10, value), "n_samples": n,
+    return {"coef": np.full((10, W), value), "intercept": np.full(10, value), "n_samples": n,
             "class_counts": counts}
 
 
@@ -42,14 +45,15 @@ def test_class_rows_average_only_over_sites_holding_the_class():
 
 
 def test_class_no_site_holds_keeps_the_received_row():
-    received = {"coef": np.full((10, 784), 7.0), "intercept": np.full(10, 7.0)}
+    received = {"coef": np.full((10, W), 7.0), "intercept": np.full(10, 7.0)}
     avg = fedavg({"a": _result(1.0, 100, range(9)), "b": _result(3.0, 300, range(9))}, received)
     assert np.allclose(avg["coef"][9], 7.0) and np.allclose(avg["intercept"][9], 7.0)
     assert np.allclose(avg["coef"][:9], 2.5)
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda r: r.update(coef=np.zeros((10, 783))), r"coef has shape \(10, 783\)"),
+    (lambda r: r.update(coef=np.zeros((10, W - 1))), rf"coef has shape \(10, {W - 1}\), expected \(10, {W}\)"),
+    (lambda r: r.update(coef=np.zeros((10, width("pixels")))), rf"coef has shape \(10, 784\), expected \(10, {W}\)"),
     (lambda r: r["intercept"].__setitem__(3, np.nan), "intercept contains NaN"),
     (lambda r: r["coef"].__setitem__((0, 0), np.inf), "coef contains NaN, infinite"),
     (lambda r: r.update(n_samples=0), "n_samples must be a positive integer"),
@@ -68,7 +72,7 @@ def test_bad_results_name_the_site(mutate, message):
 
 def test_non_dict_result():
     with pytest.raises(SiteResultError, match="expected a dict, got ndarray"):
-        validate_result("s", np.zeros((5, 785)))
+        validate_result("s", np.zeros((5, 785)), W)
 
 
 def test_settings_outside_what_the_sites_admit_are_refused_before_anything_is_sent():
@@ -82,3 +86,19 @@ def test_settings_outside_what_the_sites_admit_are_refused_before_anything_is_se
     with pytest.raises(ConfigError, match=r"local_iters 0 is outside \[1, 1000\]"):
         FedAvgSettings(local_iters=0).check()
     assert FedAvg().configure({})[1] == ML_EXPERIMENT.defaults()  # the scientist's defaults are the site's
+    assert ML_EXPERIMENT.defaults()["features"] == DEFAULT_FEATURES == "scattering"
+    assert FedAvg(features="pixels").configure({})[1] == {**ML_EXPERIMENT.defaults(), "features": "pixels"}
+
+
+def test_a_model_on_pixels_is_averaged_on_its_own_width():
+    algorithm = FedAvg(features="pixels")
+    results = {}
+    for site, value in (("a", 1.0), ("b", 4.0)):
+        result = _result(value, 100 if site == "a" else 300)
+        result["coef"] = np.full((10, width("pixels")), value)
+        algorithm.validate(site, result)
+        results[site] = result
+    avg = algorithm.aggregate({}, algorithm.summed.of(list(results.values())))
+    assert avg["coef"].shape == (10, 784) and np.allclose(avg["coef"], 3.25)
+    with pytest.raises(SiteResultError, match=rf"coef has shape \(10, {W}\), expected \(10, 784\)"):
+        algorithm.validate("c", _result(1.0, 10))

@@ -10,6 +10,7 @@ import time
 import pytest
 from syft_helpers import audit, function_from_source, login, new_scientist, running_deployment, submit
 
+from fl_syft.common.features import DEFAULT, MAPS
 from fl_syft.owner.launch import ADMIN_EMAIL
 from fl_syft.scientist.connect import connect, ds_password, read_connection
 from fl_syft.vetted.local_training import ml_experiment
@@ -78,7 +79,7 @@ def test_hostile_requests_are_all_denied(deployment, tmp_path):
     # The approver is still alive and still approves the real thing.
     conn = deployment.connection_file
     sites = connect(read_connection(conn), ds_password(conn), (ml_experiment,), approval_timeout=30)
-    assert sites[0].call("ml_experiment", {}, {"local_iters": 2})["coef"].shape == (10, 784)
+    assert sites[0].call("ml_experiment", {}, {"local_iters": 2})["coef"].shape == (10, MAPS[DEFAULT].width)
 
 
 def _decided_requests(deployment, emails: list[str], timeout: float = 120.0) -> list:

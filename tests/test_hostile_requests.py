@@ -19,6 +19,7 @@ import pytest
 import syft as sy
 from syft_helpers import audit, function_from_source, login, new_scientist, running_deployment, wait_decision
 
+from fl_syft.common.features import MAPS
 from fl_syft.common.protocol import Refusal
 from fl_syft.owner.policy import owner_policy
 from fl_syft.vetted.local_training import ml_experiment
@@ -184,20 +185,24 @@ def test_models_past_the_published_bound_are_refused_before_any_row_is_touched(d
     request_vetted(client)
     wait_decision(client, "ml_experiment")
     asset = client.datasets[0].assets[0]
-    before = client.api.services.api.call("fl_syft.privacy")["epsilon_spent"]
-    huge = {"coef": np.full((10, 784), 1e39), "intercept": np.zeros(10)}
-    with pytest.raises(Exception, match=r"within \+-10000") as refused:
+    for features in ("scattering", "pixels"):  # the default map (unset), and pixels
+        config = DP_CALL if features == "scattering" else {**DP_CALL, "features": features}
+        width = MAPS[features].width
+        before = client.api.services.api.call("fl_syft.privacy")["epsilon_spent"]
+        huge = {"coef": np.full((10, width), 1e39), "intercept": np.zeros(10)}
+        with pytest.raises(Exception, match=r"within \+-10000") as refused:
+            with contextlib.redirect_stdout(io.StringIO()):
+                client.code.ml_experiment(data=asset, global_params=huge, config=config).get()
+        assert Refusal.find(str(refused.value)) == Refusal(  # the refusal, read back out of PySyft's error text
+            "site-1", "ml_experiment", "global_params coef must be a numpy array of finite numbers within +-10000, "
+                                       f"shape (10, {width})")
+        assert client.api.services.api.call("fl_syft.privacy")["epsilon_spent"] == before
+        edge = {"coef": np.where(np.arange(width) % 2, 1e4, -1e4) * np.where(np.arange(10) % 2, 1, -1)[:, None],
+                "intercept": np.full(10, -1e4)}
         with contextlib.redirect_stdout(io.StringIO()):
-            client.code.ml_experiment(data=asset, global_params=huge, config=DP_CALL).get()
-    assert Refusal.find(str(refused.value)) == Refusal(  # the refusal, read back out of PySyft's error text
-        "site-1", "ml_experiment", "global_params coef must be a numpy array of finite numbers within +-10000, "
-                                   "shape (10, 784)")
-    assert client.api.services.api.call("fl_syft.privacy")["epsilon_spent"] == before
-    edge = {"coef": np.where(np.arange(784) % 2, 1e4, -1e4) * np.where(np.arange(10) % 2, 1, -1)[:, None],
-            "intercept": np.full(10, -1e4)}
-    with contextlib.redirect_stdout(io.StringIO()):
-        result = client.code.ml_experiment(data=asset, global_params=edge, config=DP_CALL).get()
-    assert all(np.all(np.isfinite(np.asarray(result[k]))) for k in ("coef", "intercept"))
+            result = client.code.ml_experiment(data=asset, global_params=edge, config=config).get()
+        assert all(np.all(np.isfinite(np.asarray(result[k]))) for k in ("coef", "intercept"))
+        assert np.shape(result["coef"]) == (10, width)
 
 
 @pytest.fixture(scope="module")

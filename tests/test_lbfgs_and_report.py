@@ -2,13 +2,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import PLAIN, plain_policy
+from conftest import PLAIN, plain_policy, width
 
 from fl_syft.cli import build_parser, main, partition_spec
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import SCENARIOS, PartitionSpec, label_histogram, make_shards
 from fl_syft.scientist.aggregate import SiteResultError, sum_gradients
 from fl_syft.scientist.algorithms.lbfgs import Lbfgs, LbfgsSettings
+from fl_syft.scientist.evaluate import features_of_test_set as features_of
+from fl_syft.scientist.evaluate import score
 from fl_syft.simulate import centralized, local_sites
 
 
@@ -17,23 +19,34 @@ def small(small_idx):
     return load_mnist(f"idx:{small_idx}")
 
 
-def test_federated_lbfgs_reaches_the_pooled_optimum_under_label_skew(small):
+@pytest.mark.parametrize("features", ["pixels"])  # on the default map too in test_lbfgs_through_the_cli (cheaper)
+def test_federated_lbfgs_reaches_the_pooled_optimum_under_label_skew(small, features):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(kind="dirichlet", sites=5, alpha=0.1))
     assert min(len(np.unique(s[:, -1])) for s in shards) < 10  # some sites lack classes
-    params, history = Lbfgs(LbfgsSettings(C=0.1)).run(local_sites(shards, plain_policy()), small.X_test, small.y_test,
-                                                      rounds=500)
-    pooled = centralized(shards, 0.1, small.X_test, small.y_test)
+    sites = local_sites(shards, plain_policy())
+    algorithm = Lbfgs(LbfgsSettings(C=0.1), features=features)
+    X_test = features_of(algorithm.features, small.X_test)
+    params, history = algorithm.run(sites, X_test, small.y_test, rounds=500)
+    pooled = centralized(sites, features, 0.1)
+    assert params["coef"].shape == pooled["params"]["coef"].shape == (10, width(features))
     assert np.abs(params["coef"] - pooled["params"]["coef"]).max() < 0.05 * np.abs(pooled["params"]["coef"]).max()
-    assert abs(history[-1]["global_test_accuracy"] - pooled["test_accuracy"]) <= 0.005
+    pooled_accuracy = score(pooled["params"], X_test, small.y_test)["accuracy"]
+    assert abs(history[-1]["global_test_accuracy"] - pooled_accuracy) <= 0.005
     assert len(history) < 500 and history[-1]["objective"] < history[0]["objective"]
 
 
-def test_sum_gradients_adds_and_validates():
-    r = {"loss": 2.0, "grad_coef": np.ones((10, 784)), "grad_intercept": np.ones(10), "n_samples": 3}
-    total = sum_gradients({"a": r, "b": {**r, "loss": 1.0}})
+@pytest.mark.parametrize("features", ["scattering", "pixels"])
+def test_sum_gradients_adds_and_validates(features):
+    n = width(features)
+    r = {"loss": 2.0, "grad_coef": np.ones((10, n)), "grad_intercept": np.ones(10), "n_samples": 3}
+    total = sum_gradients({"a": r, "b": {**r, "loss": 1.0}}, n)
     assert total["loss"] == 3.0 and total["n_samples"] == 6 and np.all(total["grad_coef"] == 2)
     with pytest.raises(SiteResultError, match="site 'b' returned an invalid result: grad_intercept contains NaN"):
-        sum_gradients({"a": r, "b": {**r, "grad_intercept": np.full(10, np.nan)}})
+        sum_gradients({"a": r, "b": {**r, "grad_intercept": np.full(10, np.nan)}}, n)
+    other = width("pixels" if features == "scattering" else "scattering")
+    wrong = rf"site 'b' returned an invalid result: grad_coef has shape \(10, {other}\)"
+    with pytest.raises(SiteResultError, match=wrong):
+        sum_gradients({"a": r, "b": {**r, "grad_coef": np.ones((10, other))}}, n)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -67,6 +80,7 @@ def test_simulate_writes_the_full_report(small, small_idx, tmp_path):
     report = (out / "report.md").read_text()
     assert "![convergence](convergence.png)" in report and "centralized LR on the pooled shards (same C)" in report
     assert "every row of each site's shard" in report  # the partition's label histogram
+    assert "| features | scattering: kymatio Scattering2D J=2, L=8" in report  # the default map, named
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=3))
     for site, counts in zip(("site-1", "site-2", "site-3"), label_histogram(shards), strict=True):
         assert f"| {site} | " + " | ".join(map(str, counts)) + f" | {counts.sum()} |" in report

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import vetted_data
 from syft_helpers import login, running_deployment
 
 from fl_syft.common.accounting import epsilon, noise_for
@@ -121,7 +122,7 @@ def isolating_model(shard: np.ndarray) -> dict:
     scaled up, with the one row of smallest margin pushed across its class boundary."""
     from sklearn.linear_model import LogisticRegression
 
-    X, y = shard[:, :784] / 255.0, shard[:, 784].astype(int)
+    X, y = shard[:, :784] / 255.0, shard[:, 784].astype(int)  # on pixels (the attack's config asks for them)
     fit = LogisticRegression(C=1e4, max_iter=3000).fit(X, y)
     coef, intercept = fit.coef_.copy(), fit.intercept_.copy()
     z = X @ coef.T + intercept
@@ -173,12 +174,13 @@ def test_2_a_crafted_model_that_isolates_one_row_gets_nothing_recognisable(deplo
     params = {"coef": crafted["coef"], "intercept": crafted["intercept"]}
     rows = status(deployment)["rows"]
     sigma = noise_for(0.5, 1e-5, 1)  # half the budget on one step: as much signal as one call gets
-    # Every pixel (frequencies 28): the row's whole image in the update; fewer frequencies keep the
-    # same noise per coordinate on less of the row.
-    config = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "frequencies": 28, "noise_multiplier": sigma}
+    # On pixels, every pixel (frequencies 28): the row's whole image in the update; fewer frequencies
+    # keep the same noise per coordinate on less of the row.
+    config = {"features": "pixels", "local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "frequencies": 28,
+              "noise_multiplier": sigma}
     # The construction works: the same call without the noise hands the row over.
-    noiseless = ml_experiment(site_rows, params, {**config, "noise_multiplier": 1e-12,
-                                                  "privacy": {"clip": 1.0, "rows": rows}})
+    noiseless = ml_experiment(vetted_data(site_rows, "pixels"), params, {**config, "noise_multiplier": 1e-12,
+                                                                         "privacy": {"clip": 1.0, "rows": rows}})
     leaked = best_r(gradient_candidates(params, noiseless, rows, 1.0), site_rows[:, :784])
     assert leaked > 0.99
     # Through the site: the row's clipped gradient drowns in the noise.
@@ -194,7 +196,7 @@ def test_3_repeating_a_call_to_average_the_noise_away_exhausts_the_budget_first(
     crafted = isolating_model(site_rows)
     params = {"coef": crafted["coef"], "intercept": crafted["intercept"]}
     rows = status(deployment)["rows"]
-    config = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": 12.0}
+    config = {"features": "pixels", "local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": 12.0}
     results = attack(tmp_path, deployment, *scientist, config, params, repeat=200)
     answered = [r for r in results if r["ok"]]
     assert 1 < len(answered) < 200 and not results[-1]["ok"]
@@ -251,9 +253,11 @@ def test_the_site_draws_its_own_noise(site_rows, tmp_path):
     from fl_syft.simulate import local_sites
 
     asked = {"local_steps": 1, "lr": 1.0, "momentum": 0.0, "l2": 0.0, "noise_multiplier": 5.0}
-    config = {**ML_EXPERIMENT_DP.complete(asked), "privacy": {"clip": 1.0, "rows": 1500}}
-    assert not np.array_equal(ml_experiment(site_rows, {}, config)["coef"],
-                              ml_experiment(site_rows, {}, config)["coef"])
     guard = local_sites([site_rows], owner_policy(), tmp_path)[0].guard
+    config = guard.admit("ml_experiment", {}, asked, on_private_rows=False)  # as the site completes it (uncharged)
+    assert {k: v for k, v in config.items() if k != "privacy"} == \
+        {k: v for k, v in ML_EXPERIMENT_DP.complete(asked).items() if k != "frequencies"}  # default: scattering
+    data = vetted_data(site_rows, config["features"])
+    assert not np.array_equal(ml_experiment(data, {}, config)["coef"], ml_experiment(data, {}, config)["coef"])
     with pytest.raises(Refused, match=r"unknown config keys \['seed'\]"):
         guard.admit("ml_experiment", {}, {**asked, "seed": 0})

@@ -9,11 +9,13 @@ import threading
 import dp_accounting as dpa
 import numpy as np
 import pytest
-from conftest import synthetic_shard
+from conftest import synthetic_shard, vetted_data, width
 
 from fl_syft.common.accounting import epsilon, epsilon_of_event, noise_for
 from fl_syft.common.errors import ConfigError
-from fl_syft.common.protocol import ML_EXPERIMENT, ML_EXPERIMENT_DP, Refusal
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
+from fl_syft.common.model import zeros
+from fl_syft.common.protocol import ML_EXPERIMENT, ML_EXPERIMENT_DP, PIXELS_ONLY, Refusal
 from fl_syft.owner.guard import Guard, Refused
 from fl_syft.owner.ledger import BudgetExceeded, Ledger, summary
 from fl_syft.owner.policy import owner_policy
@@ -22,7 +24,13 @@ from fl_syft.simulate import local_sites
 from fl_syft.vetted.local_training import ml_experiment
 
 DP = {"local_steps": 2, "lr": 1.0, "momentum": 0.9, "l2": 0.0, "noise_multiplier": 20.0}
-ZEROS = {"coef": np.zeros((10, 784)), "intercept": np.zeros(10)}
+ZEROS = zeros(width(DEFAULT_FEATURES))  # a model on the default feature map (scattering)
+FEATURES = ["scattering", "pixels"]
+
+
+def on(features: str, config: dict) -> dict:
+    """``config`` on the feature map ``features`` (the default one is left unset, as a caller would)."""
+    return config if features == DEFAULT_FEATURES else {**config, "features": features}
 
 
 # --- accountant ---------------------------------------------------------------------------------
@@ -96,8 +104,13 @@ def test_concurrent_charges_cannot_both_pass_when_only_one_fits(tmp_path):
 
 # --- the owner's guard ----------------------------------------------------------------------------
 
+def site(tmp_path, **policy):
+    """A simulated site on ``synthetic_shard(3000)``: its guard and its rows' features (every map)."""
+    return local_sites([synthetic_shard(3000)], owner_policy(**policy), tmp_path)[0]
+
+
 def guard(tmp_path, **policy) -> Guard:
-    return local_sites([synthetic_shard(3000)], owner_policy(**policy), tmp_path)[0].guard
+    return site(tmp_path, **policy).guard
 
 
 @pytest.mark.parametrize("config, reason", [
@@ -120,51 +133,60 @@ def test_guard_refuses_configs_outside_the_owners_bounds_and_charges_nothing(tmp
     assert g.ledger.spent == before
 
 
-def test_guard_refuses_hostile_models_and_other_functions(tmp_path):
+@pytest.mark.parametrize("features", FEATURES)
+def test_guard_refuses_hostile_models_and_other_functions(tmp_path, features):
     g = guard(tmp_path)
-    for coef in (np.full((10, 784), np.inf), np.full((10, 784), 1e39), np.zeros((10, 784), object),
-                 np.zeros((10, 784)).tolist(), np.full((10, 784), np.iinfo(np.int64).min)):  # |int64 min| wraps
+    shape = (10, width(features))
+    for coef in (np.full(shape, np.inf), np.full(shape, 1e39), np.zeros(shape, object),
+                 np.zeros(shape).tolist(), np.full(shape, np.iinfo(np.int64).min)):  # |int64 min| wraps
         with pytest.raises(Refused, match=re.escape("global_params coef must be a numpy array of finite numbers "
-                                                    "within +-10000, shape (10, 784)")):
-            g.admit("ml_experiment", {"coef": coef, "intercept": np.zeros(10)}, DP)
+                                                    f"within +-10000, shape {shape}")):
+            g.admit("ml_experiment", {"coef": coef, "intercept": np.zeros(10)}, on(features, DP))
+    other = zeros(width("pixels" if features == "scattering" else "scattering"))  # a model on the other map
+    with pytest.raises(Refused, match=re.escape(f"shape {shape}")):
+        g.admit("ml_experiment", other, on(features, DP))
     with pytest.raises(Refused, match="lr_loss_grad is not allowed under this site's policy"):
         g.admit("lr_loss_grad", ZEROS, {})
 
 
-def adversarial_models(bound: float) -> list[dict]:
+def adversarial_models(bound: float, n_features: int) -> list[dict]:
     """Models at the edges of what a site admits: every sign pattern that maximises or cancels logits,
     one class far above the rest, subnormal entries, and random extremes."""
     rng = np.random.default_rng(0)
-    signs = np.where(np.arange(784) % 2, 1.0, -1.0)
+    signs = np.where(np.arange(n_features) % 2, 1.0, -1.0)
     return [
-        {"coef": np.full((10, 784), bound), "intercept": np.full(10, -bound)},
+        {"coef": np.full((10, n_features), bound), "intercept": np.full(10, -bound)},
         {"coef": np.outer(np.where(np.arange(10) % 2, 1.0, -1.0), signs) * bound, "intercept": np.full(10, bound)},
-        {"coef": np.vstack([np.full((1, 784), bound), np.full((9, 784), -bound)]), "intercept": np.zeros(10)},
-        {"coef": np.full((10, 784), 5e-324), "intercept": np.full(10, 1e-310)},
-        {"coef": rng.choice([-bound, bound], (10, 784)), "intercept": rng.choice([-bound, bound], 10),
-         "velocity_coef": rng.choice([-bound, bound], (10, 784)), "velocity_intercept": np.full(10, bound)},
+        {"coef": np.vstack([np.full((1, n_features), bound), np.full((9, n_features), -bound)]),
+         "intercept": np.zeros(10)},
+        {"coef": np.full((10, n_features), 5e-324), "intercept": np.full(10, 1e-310)},
+        {"coef": rng.choice([-bound, bound], (10, n_features)), "intercept": rng.choice([-bound, bound], 10),
+         "velocity_coef": rng.choice([-bound, bound], (10, n_features)), "velocity_intercept": np.full(10, bound)},
     ]
 
 
 def outcome(g: Guard, rows: np.ndarray, model: dict, config: dict) -> tuple:
-    """What the scientist learns of a call besides its values: success or the refusal, keys, shapes, finiteness."""
+    """What the scientist learns of a call besides its values: success or the refusal, keys, shapes, finiteness.
+    ``rows``: (n, 785) uint8, handed to the guard as their features on the config's map."""
+    features = config.get("features", DEFAULT_FEATURES)
     try:
-        result = g.call("ml_experiment", rows, model, config)
+        result = g.call("ml_experiment", {features: vetted_data(rows, features)}, model, config)
     except Refused as e:
         return ("refused", str(e))
     return ("ok", tuple(sorted(result)), tuple(np.shape(result[k]) for k in sorted(result)),
             all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in result.values()))
 
 
-def test_every_admitted_model_gives_a_finite_answer_of_one_shape_on_neighbouring_rows(tmp_path):
+@pytest.mark.parametrize("features", FEATURES)
+def test_every_admitted_model_gives_a_finite_answer_of_one_shape_on_neighbouring_rows(tmp_path, features):
     """Totality: for models at the edges of the admitted range, the call succeeds with a finite answer
     of the same shape whether or not a row is in the data (one row removed, or one crafted row added)."""
     g = guard(tmp_path)
     rows = synthetic_shard(3000)
     crafted = np.zeros((1, 785), np.uint8)
     crafted[0, :784] = 255  # the row the overflow attack singled out: every pixel at its maximum
-    config = {**DP, "noise_multiplier": 1e6}
-    for model in adversarial_models(g.policy.model_bound):
+    config = on(features, {**DP, "noise_multiplier": 1e6})
+    for model in adversarial_models(g.policy.model_bound, width(features)):
         seen = {outcome(g, neighbour, model, config) for neighbour in (rows, rows[1:], np.vstack([rows, crafted]))}
         assert len(seen) == 1, seen
         assert seen.pop()[0:1] == ("ok",)
@@ -199,34 +221,71 @@ RANGED = [(dp, key) for dp, keys in ((False, ML_EXPERIMENT), (True, ML_EXPERIMEN
 @pytest.mark.parametrize("dp, key", RANGED, ids=[f"{'dp' if dp else 'plain'}-{key.name}" for dp, key in RANGED])
 def test_the_guard_admits_each_schema_range_and_nothing_past_it(tmp_path, dp, key):
     g = guard(tmp_path, **({} if dp else {"epsilon": None}))
-    base = DP if dp else {}
+    features = "pixels" if key.name in PIXELS_ONLY else DEFAULT_FEATURES  # frequencies: of an image's pixels
+    base, model = on(features, DP if dp else {}), zeros(width(features))
     low = g.policy.min_noise if key.low is None else key.low  # the noise floor is the owner's
     for value in (low, key.high):
-        admitted = g.admit("ml_experiment", ZEROS, {**base, key.name: value}, on_private_rows=False)
+        admitted = g.admit("ml_experiment", model, {**base, key.name: value}, on_private_rows=False)
         assert admitted[key.name] == value
     step = (lambda v, to: v + (1 if to > v else -1)) if key.kind is int else math.nextafter
     for value in (step(low, -math.inf), step(key.high, math.inf)):
         with pytest.raises(Refused, match=re.escape(f"config {key.name}={value!r} is outside [{low:g}, {key.high:g}]")):
-            g.admit("ml_experiment", ZEROS, {**base, key.name: value}, on_private_rows=False)
+            g.admit("ml_experiment", model, {**base, key.name: value}, on_private_rows=False)
 
 
+def test_the_features_key_admits_each_map_and_nothing_else(tmp_path):
+    g = guard(tmp_path)
+    for features in FEATURES:
+        admitted = g.admit("ml_experiment", zeros(width(features)), {**DP, "features": features},
+                           on_private_rows=False)
+        assert admitted["features"] == features
+    for value in ("Scattering", "raw", 1, None):
+        with pytest.raises(Refused, match=re.escape(f"config features={value!r} must be one of scattering, pixels")):
+            g.admit("ml_experiment", ZEROS, {**DP, "features": value}, on_private_rows=False)
+
+
+def test_frequencies_apply_to_pixels_only(tmp_path):
+    """On scattering there is no image to take frequencies of: asking for them is refused, and the
+    schema's default never reaches the vetted function."""
+    g = guard(tmp_path)
+    with pytest.raises(Refused, match=re.escape("config frequencies applies to features 'pixels' only, "
+                                                "not 'scattering'")):
+        g.admit("ml_experiment", ZEROS, {**DP, "frequencies": 14}, on_private_rows=False)
+    assert "frequencies" not in g.admit("ml_experiment", ZEROS, DP, on_private_rows=False)
+    pixels = g.admit("ml_experiment", zeros(width("pixels")), {**DP, "features": "pixels"}, on_private_rows=False)
+    assert pixels["frequencies"] == ML_EXPERIMENT_DP["frequencies"].default
+
+
+@pytest.mark.parametrize("features", FEATURES)
 @pytest.mark.parametrize("dp", [False, True])
-def test_an_unset_key_runs_at_its_schema_default(tmp_path, dp):
-    """What the vetted function gets from the guard: every key, the unset ones at the schema's default."""
-    g = guard(tmp_path, **({} if dp else {"epsilon": None}))
+def test_an_unset_key_runs_at_its_schema_default(tmp_path, dp, features):
+    """What the vetted function gets from the guard: every key, the unset ones at the schema's default
+    (on scattering, the default included, every key but the pixels-only ones)."""
+    s = site(tmp_path, **({} if dp else {"epsilon": None}))
+    g, model = s.guard, zeros(width(features))
     keys, required = (ML_EXPERIMENT_DP, {"local_steps": 1, "noise_multiplier": 20.0}) if dp else (ML_EXPERIMENT, {})
-    unset = g.admit("ml_experiment", ZEROS, required, on_private_rows=False)
-    assert unset == g.admit("ml_experiment", ZEROS, keys.complete(required), on_private_rows=False)
-    assert {k: v for k, v in unset.items() if k != "privacy"} == {**keys.defaults(), **required}
+    required = on(features, required)
+    unset = g.admit("ml_experiment", model, required, on_private_rows=False)
+    complete = keys.complete(required)
+    if features != "pixels":
+        complete = {k: v for k, v in complete.items() if k not in PIXELS_ONLY}
+    assert unset == g.admit("ml_experiment", model, complete, on_private_rows=False)
+    expected = {**keys.defaults(), **required}
+    if features != "pixels":
+        expected = {k: v for k, v in expected.items() if k not in PIXELS_ONLY}
+    assert unset["features"] == features
+    assert {k: v for k, v in unset.items() if k != "privacy"} == expected
     if not dp:  # the same round either way (under DP the noise differs call to call)
-        rows = synthetic_shard(3000)
-        a, b = (g.call("ml_experiment", rows, ZEROS, c) for c in (required, ML_EXPERIMENT.defaults()))
+        configs = (required, on(features, ML_EXPERIMENT.defaults()))
+        a, b = (g.call("ml_experiment", s.features, model, c) for c in configs)
         assert all(np.array_equal(a[k], b[k]) for k in a if k != "seconds")
 
 
 @pytest.mark.parametrize("function, config, reason", [
-    ("ml_experiment", {"max_iter": 5}, "unknown config keys ['max_iter']; this site allows ['C', 'holdout', "),
-    ("lr_loss_grad", {"C": 1.0}, "unknown config keys ['C']; this site allows []"),
+    ("ml_experiment", {"max_iter": 5}, "unknown config keys ['max_iter']; this site allows ['C', 'features', "
+                                       "'holdout', "),
+    ("lr_loss_grad", {"C": 1.0}, "unknown config keys ['C']; this site allows ['features']"),
+    ("lr_loss_grad", {"features": "raw"}, "config features='raw' must be one of scattering, pixels"),
     ("ml_experiment", {"logit_adjust": 1}, "config logit_adjust=1 must be a bool"),
     ("ml_experiment", {"seed": 1.0}, "config seed=1.0 must be a int"),
 ])
@@ -279,14 +338,20 @@ def test_plan_without_dp_refuses_an_epsilon(tmp_path):
 # --- the DP step inside the site ------------------------------------------------------------------
 
 def private(config: dict, rows: int = 3000) -> dict:
-    """A DP config as the site's guard completes it for the vetted function."""
-    return {**ML_EXPERIMENT_DP.complete(config), "privacy": {"clip": 1.0, "rows": rows}}
+    """A DP config as the site's guard completes it for the vetted function (the pixels-only keys
+    only on pixels)."""
+    complete = ML_EXPERIMENT_DP.complete(config)
+    if complete["features"] != "pixels":
+        complete = {k: v for k, v in complete.items() if k not in PIXELS_ONLY}
+    return {**complete, "privacy": {"clip": 1.0, "rows": rows}}
 
 
-def test_dp_step_returns_only_the_model_and_fresh_noise_every_call():
-    shard = synthetic_shard(3000)
-    a, b = (ml_experiment(shard, ZEROS, private(DP)) for _ in range(2))
+@pytest.mark.parametrize("features", FEATURES)
+def test_dp_step_returns_only_the_model_and_fresh_noise_every_call(features):
+    data = vetted_data(synthetic_shard(3000), features)
+    a, b = (ml_experiment(data, zeros(width(features)), private(on(features, DP))) for _ in range(2))
     assert set(a) == {"coef", "intercept", "velocity_coef", "velocity_intercept", "n_samples"}
+    assert a["coef"].shape == a["velocity_coef"].shape == (10, width(features))
     assert a["n_samples"] == 3000 and not np.array_equal(a["coef"], b["coef"])  # OS entropy, not a seed
 
 
@@ -295,8 +360,8 @@ def test_a_noisy_step_moves_the_model_only_within_the_k_lowest_frequencies(k):
     """Signal and noise both live in the k x k lowest 2-D DCT frequencies of the image (k = 28: all)."""
     from scipy.fft import dctn
 
-    step = ml_experiment(synthetic_shard(3000), ZEROS, private({**DP, "local_steps": 1, "momentum": 0.0,
-                                                                "frequencies": k}))
+    step = ml_experiment(vetted_data(synthetic_shard(3000), "pixels"), zeros(width("pixels")),
+                         private({**DP, "features": "pixels", "local_steps": 1, "momentum": 0.0, "frequencies": k}))
     spectrum = dctn(step["coef"].reshape(10, 28, 28), axes=(1, 2), norm="ortho")
     inside = np.zeros((28, 28), bool)
     inside[:k, :k] = True
@@ -305,22 +370,24 @@ def test_a_noisy_step_moves_the_model_only_within_the_k_lowest_frequencies(k):
     assert (np.abs(spectrum[:, inside]) > 1e-9 * scale).all()  # the noise fills all k * k of them
 
 
-def test_one_row_moves_a_noiseless_step_by_at_most_the_clip():
+@pytest.mark.parametrize("features", FEATURES)
+def test_one_row_moves_a_noiseless_step_by_at_most_the_clip(features):
     """The sensitivity the accountant assumes: adding any one row, however extreme, changes the
     clipped gradient sum (and so one step of size lr / rows) by at most clip."""
     shard = synthetic_shard(3000)
     extreme = np.full((1, 785), 255, np.uint8)
     extreme[0, 784] = 3
-    config = private({**DP, "local_steps": 1, "momentum": 0.0, "noise_multiplier": 1e-12})
-    params = {"coef": np.random.default_rng(0).normal(0, 5, (10, 784)), "intercept": np.zeros(10)}
-    without = ml_experiment(shard, params, config)
-    with_row = ml_experiment(np.vstack([shard, extreme]), params, config)
+    config = private(on(features, {**DP, "local_steps": 1, "momentum": 0.0, "noise_multiplier": 1e-12}))
+    params = {"coef": np.random.default_rng(0).normal(0, 5, (10, width(features))), "intercept": np.zeros(10)}
+    without = ml_experiment(vetted_data(shard, features), params, config)
+    with_row = ml_experiment(vetted_data(np.vstack([shard, extreme]), features), params, config)
     moved = np.sqrt(np.sum((with_row["coef"] - without["coef"]) ** 2)
                     + np.sum((with_row["intercept"] - without["intercept"]) ** 2))
     assert 0 < moved <= 1.0 * 1.0 / 3000 * (1 + 1e-3)
 
 
-def test_one_step_rounds_apply_the_sites_momentum_step_to_the_average(tmp_path, monkeypatch):
+@pytest.mark.parametrize("features", FEATURES)
+def test_one_step_rounds_apply_the_sites_momentum_step_to_the_average(tmp_path, monkeypatch, features):
     """With one noisy step per round (always, with secure aggregation) a site gets the model alone and
     only its step direction is summed; the scientist's momentum on the average gives the model and
     velocity that averaging the sites' own momentum steps gives (the same noise drawn in both)."""
@@ -328,11 +395,15 @@ def test_one_step_rounds_apply_the_sites_momentum_step_to_the_average(tmp_path, 
     from fl_syft.scientist.algorithms.private import Private, PrivateSettings
 
     data = {**plan(statuses(tmp_path), releases=2).to_dict(), "rounds": 2}
-    algorithm = Private(FedAvg(), data, PrivateSettings(local_steps=1, lr=3.0, momentum=0.8, frequencies=10))
-    shards, rows = [synthetic_shard(3000), synthetic_shard(2000, seed=1)], [2990, 2010]  # noisy counts
+    frequencies = 10 if features == "pixels" else None  # of an image: pixels only
+    algorithm = Private(FedAvg(features=features), data,
+                        PrivateSettings(local_steps=1, lr=3.0, momentum=0.8, frequencies=frequencies))
+    shards = [vetted_data(synthetic_shard(3000), features), vetted_data(synthetic_shard(2000, seed=1), features)]
+    rows = [2990, 2010]  # noisy counts
     rng = np.random.default_rng(5)
-    model = {"coef": rng.normal(0, 0.01, (10, 784)), "intercept": rng.normal(0, 0.1, 10),
-             "velocity_coef": rng.normal(0, 0.01, (10, 784)), "velocity_intercept": rng.normal(0, 0.1, 10)}
+    n_features = width(features)
+    model = {"coef": rng.normal(0, 0.01, (10, n_features)), "intercept": rng.normal(0, 0.1, 10),
+             "velocity_coef": rng.normal(0, 0.01, (10, n_features)), "velocity_intercept": rng.normal(0, 0.1, 10)}
 
     def answers(params: dict, config: dict) -> list[dict]:
         out = []
@@ -343,6 +414,7 @@ def test_one_step_rounds_apply_the_sites_momentum_step_to_the_average(tmp_path, 
 
     sent, config = algorithm.configure(model)
     assert set(sent) == {"coef", "intercept"}  # the momentum stays with the scientist
+    assert config["features"] == features and ("frequencies" in config) == (features == "pixels")
     got = algorithm.aggregate(model, algorithm.summed.of(answers(sent, config)))
     own = answers(model, config)  # each site's own momentum step from the full state, averaged by rows
     weights = np.array(rows, np.float64) / sum(rows)

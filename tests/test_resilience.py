@@ -49,7 +49,8 @@ def test_killed_then_resumed_run_equals_uninterrupted(deployment, small_idx, tmp
     assert main(["run", "--resume", str(out), "--connection", str(deployment.connection_file)]) == 0
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == list(range(1, 9))
-    resumed, reference = load_model(out / "model.npz"), load_model(tmp_path / "ref" / "model.npz")
+    (resumed, features), (reference, _) = load_model(out / "model.npz"), load_model(tmp_path / "ref" / "model.npz")
+    assert features.name == "scattering"  # the default map, kept by the resumed run
     assert np.array_equal(resumed["coef"], reference["coef"])
     assert np.array_equal(resumed["intercept"], reference["intercept"])
 

@@ -99,17 +99,22 @@ def test_a_private_run_stopped_after_round_k_resumes_from_its_checkpoint(small, 
         assert resumed.history[-1]["epsilon_spent"][site.name] == pytest.approx(planned, rel=1e-9)
 
 
-def test_a_plain_run_stopped_after_round_k_resumes_to_the_uninterrupted_model(small, tmp_path):
+@pytest.mark.parametrize("features", [None, "pixels"], ids=["default-features", "pixels"])
+def test_a_plain_run_stopped_after_round_k_resumes_to_the_uninterrupted_model(small, tmp_path, features):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
-    request = runs.RunRequest(settings={"local_iters": 3}, rounds=4, config={"command": "test"})
+    on = {"features": features} if features else {}
+    request = runs.RunRequest(settings={"local_iters": 3}, rounds=4, config={"command": "test"}, **on)
     reference = runs.run(local_sites(shards, plain_policy()), request, small.X_test, small.y_test)
     sites = local_sites(shards, plain_policy())
     stop_after(sites, 1)
     out = tmp_path / "out"
     with pytest.raises(SitesFailed):
-        runs.run(sites, runs.RunRequest(settings={"local_iters": 3}, rounds=4, out=out, resilience=Resilience(0)),
+        runs.run(sites, runs.RunRequest(settings={"local_iters": 3}, rounds=4, out=out, resilience=Resilience(0), **on),
                  small.X_test, small.y_test)
-    resumed = runs.resume(local_sites(shards, plain_policy()), runs.Resume.read(out), small.X_test, small.y_test)
+    saved = runs.Resume.read(out)
+    assert saved.algorithm.features.name == (features or "scattering")  # the run's map, from its checkpoint
+    resumed = runs.resume(local_sites(shards, plain_policy()), saved, small.X_test, small.y_test)
+    assert resumed.params["coef"].shape == (10, saved.algorithm.features.width)
     for key in ("coef", "intercept"):
         np.testing.assert_array_equal(resumed.params[key], reference.params[key])
 

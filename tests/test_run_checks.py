@@ -118,7 +118,7 @@ def test_resume_takes_only_rounds(small_idx, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["simulate", "--data", f"idx:{small_idx}", *FAST, "--out", str(out)]) == 0
     for extra, named in ((["--algorithm", "lbfgs"], "--algorithm"), (["--local-iters", "9"], "--local-iters"),
-                         (["--out", str(tmp_path / "other")], "--out")):
+                         (["--out", str(tmp_path / "other")], "--out"), (["--features", "pixels"], "--features")):
         rc, line = run(capsys, "run", "--resume", str(out), *extra)
         assert rc == 2 and f"{named}: --resume continues the run with its saved settings" in line
 

@@ -13,6 +13,7 @@ import secrets
 
 import numpy as np
 import pytest
+from conftest import vetted_data
 from syft_helpers import running_deployment
 from test_secagg_units import Relay, split_views
 
@@ -27,8 +28,9 @@ from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft
 NAMES = [f"site-{i}" for i in range(1, 6)]
-CONFIG = FedAvg(FedAvgSettings(local_iters=3, holdout=0.0)).configure({})[1]
-FIELDS, WEIGHT = list(FedAvg.summed.fields), FedAvg.summed.weight  # as secure FedAvg sums them
+FEDAVG = FedAvg(FedAvgSettings(local_iters=3, holdout=0.0))  # on the default features (scattering)
+CONFIG = FEDAVG.configure({})[1]
+FIELDS, WEIGHT = list(FEDAVG.summed.fields), FEDAVG.summed.weight  # as secure FedAvg sums them
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def deployment(small_idx, tmp_path_factory):
 def truth(small) -> dict[str, np.ndarray]:
     """Each site's true update vector this round (cold start), from its shard."""
     shards = dict(zip(NAMES, make_shards(small.X_train, small.y_train, PartitionSpec(sites=5)), strict=True))
-    return {n: secagg.summable(ml_experiment(shards[n], {}, CONFIG), list(FIELDS), WEIGHT) for n in NAMES}
+    return {n: secagg.summable(ml_experiment(vetted_data(shards[n], CONFIG["features"]), {}, CONFIG), list(FIELDS),
+                               WEIGHT) for n in NAMES}
 
 
 def relay(deployment) -> Relay:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from conftest import vetted_data, width
 from syft_helpers import run_notebook, running_deployment
 
 from fl_syft.common import secagg
 from fl_syft.common.data import load_mnist
+from fl_syft.common.features import MAPS
 from fl_syft.common.partition import PartitionSpec, make_shards
 from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.evaluate import features_of_test_set as features_of
 from fl_syft.scientist.rounds import SiteRefused, SitesFailed
 from fl_syft.scientist.runs import RunRequest, run
 from fl_syft.vetted.local_training import ml_experiment
@@ -43,9 +47,10 @@ def expected_round(small, names: list[str], params: dict) -> dict:
     """What plain FedAvg over these sites' shards gives from ``params`` (computed from the rows)."""
     shards = dict(zip([f"site-{i}" for i in range(1, 6)],
                       make_shards(small.X_train, small.y_train, PartitionSpec(sites=5)), strict=True))
-    algorithm = FedAvg(FedAvgSettings(**SETTINGS))
+    algorithm = FedAvg(FedAvgSettings(**SETTINGS), features=REQUEST.features)  # the runs' map: the default
     config = algorithm.configure(params)[1]
-    return algorithm.aggregate(params, algorithm.summed.of([ml_experiment(shards[n], params, config) for n in names]))
+    return algorithm.aggregate(params, algorithm.summed.of([ml_experiment(vetted_data(shards[n], config["features"]),
+                                                                          params, config) for n in names]))
 
 
 def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, small, capsys):
@@ -64,7 +69,9 @@ def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, 
     round_1 = outcome.history[0]["global_test_accuracy"]
     from fl_syft.scientist.evaluate import score
 
-    assert score(plain, small.X_test, small.y_test)["accuracy"] == pytest.approx(round_1, abs=1e-12)
+    assert plain["coef"].shape == (10, width(REQUEST.features))
+    X_test = features_of(MAPS[REQUEST.features], small.X_test)
+    assert score(plain, X_test, small.y_test)["accuracy"] == pytest.approx(round_1, abs=1e-12)
     y = np.asarray(seen[0]["masked"], np.uint64)
     counts = np.bincount((y >> np.uint64(56)).astype(int), minlength=256)
     assert ((counts - len(y) / 256) ** 2 / (len(y) / 256)).sum() < 330  # uniform top bytes
@@ -126,7 +133,8 @@ def test_different_models_to_different_sites_leave_nothing_to_unmask(deployment,
     sites = sites_of(deployment)
     real = sites[0].call
     sites[0].call = lambda function, params, config: real(
-        function, {"coef": np.full((10, 784), 0.01), "intercept": np.zeros(10)}, config)  # site-1 gets another model
+        function, {"coef": np.full((10, width(REQUEST.features)), 0.01), "intercept": np.zeros(10)},
+        config)  # site-1 gets another model (a valid one)
     with pytest.raises(SitesFailed, match="only 0 sites answered the unmasking"):
         run(sites, REQUEST, small.X_test, small.y_test)
 
@@ -145,12 +153,18 @@ def test_distributed_noise_under_dp_charges_the_central_noise(small_idx, small, 
         report = (tmp_path / "out" / "report.md").read_text()
         assert "the scientist saw only the sum of at least 2 sites' updates" in report
         assert "masking at a site" in report and "| site-1 | 2, 1e-05 |" in report
-        # The notebook, as a user runs it with secure aggregation: it spends what the sites have left.
+        # The notebook, as a user runs it with secure aggregation: it spends its epsilon (default 1) on the
+        # federated run and, with its default baselines, again on each site alone; both charged, within the budget.
         nb = run_notebook({"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "3",
                            "FL_SYFT_DATA": f"idx:{small_idx}", "FL_SYFT_SECURE": "1"})
         printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
         assert "secure aggregation: each round only the sum of the surviving sites was unmasked (threshold 2" \
             in printed
-        assert "site-1: epsilon spent 2.000 of 2 (delta 1e-05); left 0.000" in printed
+        for site, before in zip(sites, spent, strict=True):
+            status = site.privacy()
+            assert before < status["epsilon_spent"] <= 2.0
+            assert f"{site.name}: epsilon spent {status['epsilon_spent']:.3f} of 2 (delta 1e-05); left " \
+                   f"{status['epsilon_remaining']:.3f}" in printed
+            assert re.search(rf"{site.name} alone at epsilon 1: \d+\.\d\d%; federated: \d+\.\d\d%", printed), printed
     finally:
         fresh.close()

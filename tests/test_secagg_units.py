@@ -354,6 +354,7 @@ def test_a_secure_fedavg_runs_again_in_the_same_process(tmp_path, small_idx):
     from fl_syft.common.partition import PartitionSpec, make_shards
     from fl_syft.owner.policy import owner_policy
     from fl_syft.scientist.algorithms import State, build
+    from fl_syft.scientist.evaluate import features_of_test_set
     from fl_syft.scientist.runs import RunRequest
     from fl_syft.simulate import local_sites
 
@@ -362,8 +363,9 @@ def test_a_secure_fedavg_runs_again_in_the_same_process(tmp_path, small_idx):
                         owner_policy(epsilon=None, min_rows=10), tmp_path)
     request = RunRequest(settings={"local_iters": 2, "holdout": 0.0}, secure=True)
     algo = build("fedavg", request.settings, [s.privacy() for s in sites], request)
-    params, history = algo.run(sites, small.X_test, small.y_test, rounds=1)
-    _, history = algo.run(sites, small.X_test, small.y_test, rounds=2, state=State(params, history))
+    X_test = features_of_test_set(algo.features, small.X_test)  # the run's features (default scattering)
+    params, history = algo.run(sites, X_test, small.y_test, rounds=1)
+    _, history = algo.run(sites, X_test, small.y_test, rounds=2, state=State(params, history))
     assert [r["round"] for r in history] == [1, 2] and history[1]["secure_aggregation"]["survivors"]
 
 

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import error_line, plain_policy
+from conftest import error_line, plain_policy, width
 from syft_helpers import audit, function_from_source, login, run_notebook, running_deployment, submit, wait_decision
 
 from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
 from fl_syft.common.partition import PartitionSpec, make_shards
 from fl_syft.owner.launch import check_port_free, free_base_port
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
 from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.evaluate import features_of_test_set as features_of
 from fl_syft.simulate import local_sites
 from fl_syft.vetted.local_training import ml_experiment
 
@@ -81,8 +83,9 @@ def test_vetted_function_is_approved_and_a_round_runs(deployment, small):
     # Runs after a denied ml_experiment of the same name exists: the right one must be used.
     conn = deployment.connection_file
     sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
-    params, history = FedAvg(FedAvgSettings(local_iters=5)).run(sites, small.X_test, small.y_test, rounds=1)
-    assert params["coef"].shape == (10, 784)
+    fedavg = FedAvg(FedAvgSettings(local_iters=5))  # on the default features, scattering
+    params, history = fedavg.run(sites, features_of(fedavg.features, small.X_test), small.y_test, rounds=1)
+    assert params["coef"].shape == (10, width(DEFAULT_FEATURES))
     assert history[0]["global_test_accuracy"] > 0.6
     assert sum(m["n_samples"] for m in history[0]["sites"].values()) == int(3000 * 0.95)
 
@@ -123,13 +126,17 @@ def test_audit_log_records_every_decision(deployment):
         assert e["requester"] == "scientist@fl-syft.example.com" and len(e["fingerprint"]) == 64 and e["time"]
 
 
-def test_pysyft_run_equals_simulation(deployment, small, small_idx):
-    fedavg = FedAvg(FedAvgSettings(local_iters=5))
+@pytest.mark.parametrize("features", ["pixels", "scattering"])
+def test_pysyft_run_equals_simulation(deployment, small, small_idx, features):
+    """The same rounds through the datasites (their features computed there) and in-process."""
+    fedavg = FedAvg(FedAvgSettings(local_iters=5), features=features)
+    X_test = features_of(fedavg.features, small.X_test)
     conn = deployment.connection_file
     sites = connect(read_connection(conn), ds_password(conn), FedAvg.functions)
-    remote, _ = fedavg.run(sites, small.X_test, small.y_test, rounds=2)
+    remote, _ = fedavg.run(sites, X_test, small.y_test, rounds=2)
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
-    local, _ = fedavg.run(local_sites(shards, plain_policy()), small.X_test, small.y_test, rounds=2)
+    local, _ = fedavg.run(local_sites(shards, plain_policy()), X_test, small.y_test, rounds=2)
+    assert remote["coef"].shape == local["coef"].shape == (10, width(features))
     assert np.abs(remote["coef"] - local["coef"]).max() <= 1e-6
     assert np.abs(remote["intercept"] - local["intercept"]).max() <= 1e-6
 
@@ -180,7 +187,7 @@ def test_plain_pysyft_client_gets_results_and_denials(deployment, tmp_path):
     assert report["fl_syft_imported"] is False
     assert "APPROVED" in report["status"]["ml_experiment"] and "REJECTED" in report["status"]["leak"]
     assert report["leaked"] is False
-    assert report["coef_shape"] == [10, 784] and report["n"] > 0
+    assert report["coef_shape"] == [10, width(DEFAULT_FEATURES)] and report["n"] > 0  # the default map
 
 
 def test_scientist_sees_only_the_mock(deployment):

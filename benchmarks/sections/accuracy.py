@@ -11,12 +11,14 @@ import time
 
 import numpy as np
 
+from fl_syft.common.features import MAPS
 from fl_syft.common.partition import SCENARIOS, make_shards, scenario
 from fl_syft.scientist import baselines
 from fl_syft.scientist.algorithms import REGISTRY, Algorithm, FedAvg
 from fl_syft.scientist.algorithms.fedavg import FedAvgSettings
+from fl_syft.scientist.evaluate import score
 from fl_syft.simulate import centralized, local_sites
-from sections.shared import FEDAVG_ROUNDS, PLAIN, median_round, rounds_to_within
+from sections.shared import FEDAVG_ROUNDS, PLAIN, median_round, pixel_features, rounds_to_within
 
 
 def bench_data(repeats: int = 5) -> dict:
@@ -32,25 +34,29 @@ def bench_data(repeats: int = 5) -> dict:
 
 def accuracy_runs() -> list[tuple[str, Algorithm, int]]:
     """Every registered algorithm at its defaults (FedAvg for 30 rounds), plus plain FedAvg; with its rounds."""
-    runs = [(name, cls(), FEDAVG_ROUNDS if cls is FedAvg else cls.default_rounds) for name, cls in REGISTRY.items()]
-    runs.insert(1, ("fedavg (plain: no logit adjustment)", FedAvg(FedAvgSettings(logit_adjust=False)), FEDAVG_ROUNDS))
+    runs = [(name, cls(features="pixels"), FEDAVG_ROUNDS if cls is FedAvg else cls.default_rounds)
+            for name, cls in REGISTRY.items()]
+    runs.insert(1, ("fedavg (plain: no logit adjustment)", FedAvg(FedAvgSettings(logit_adjust=False), "pixels"),
+                    FEDAVG_ROUNDS))
     return runs
 
 
 def bench_accuracy(mnist) -> list[dict]:
-    """Per scenario: ceiling, local-only, and every algorithm (see :func:`accuracy_runs`), in-process."""
+    """Per scenario: ceiling, local-only, and every algorithm (see :func:`accuracy_runs`), in-process, on pixels."""
     rows = []
+    X_test = pixel_features(mnist.X_test)
     for scenario_name in SCENARIOS:
         shards = make_shards(mnist.X_train, mnist.y_train, scenario(scenario_name))
         sites = local_sites(shards, PLAIN)
         t = time.perf_counter()
-        ceiling = centralized(shards, 1.0, mnist.X_test, mnist.y_test)
+        pooled = centralized(sites, "pixels", 1.0)["params"]
+        ceiling = {"test_accuracy": score(pooled, X_test, mnist.y_test)["accuracy"]}
         ceiling_s = time.perf_counter() - t
-        local = baselines.local_only(sites, mnist.X_test, mnist.y_test)
+        local = baselines.local_only(sites, X_test, mnist.y_test, features=MAPS["pixels"])
         local_acc = [v["test_accuracy"] for v in local.values()]
         for algorithm, algo, rounds in accuracy_runs():
             t = time.perf_counter()
-            _, hist = algo.run(sites, mnist.X_test, mnist.y_test, rounds=rounds)
+            _, hist = algo.run(sites, X_test, mnist.y_test, rounds=rounds)
             wall = time.perf_counter() - t
             final = hist[-1]["global_test_accuracy"]
             rows.append({"scenario": scenario_name, "algorithm": algorithm, "rounds": len(hist), "final": final,

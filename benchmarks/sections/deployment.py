@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from fl_syft.common.partition import PartitionSpec, make_shards, scenario
 from fl_syft.scientist.algorithms import FedAvg, Lbfgs, State
+from fl_syft.scientist.evaluate import score
 from fl_syft.simulate import centralized, local_sites
-from sections.shared import PLAIN, deployed, median_round, peak_rss_mb, split
+from sections.shared import PLAIN, deployed, median_round, peak_rss_mb, pixel_features, split
 
 
 def bench_syft(mnist, work: Path) -> dict:
@@ -22,12 +20,13 @@ def bench_syft(mnist, work: Path) -> dict:
     """
     spec, rounds = scenario("iid-2"), 9
     local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec), PLAIN)
+    X_test = pixel_features(mnist.X_test)
     with deployed(spec, work / "syft") as (d, sites, timings):
         runs = {"syft": (sites, {}, []), "simulate": (local, {}, [])}
         for rnd in range(1, rounds + 1):
             for name, (path_sites, params, hist) in runs.items():
-                params, hist = FedAvg().run(path_sites, mnist.X_test, mnist.y_test, rounds=rnd,
-                                            state=State(params, hist))
+                params, hist = FedAvg(features="pixels").run(path_sites, X_test, mnist.y_test, rounds=rnd,
+                                                             state=State(params, hist))
                 runs[name] = (path_sites, params, hist)
         site_rss = peak_rss_mb([p.pid for p in d.procs.values()])
     syft_hist, sim_hist = runs["syft"][2], runs["simulate"][2]
@@ -41,31 +40,12 @@ def bench_syft(mnist, work: Path) -> dict:
             "round_ratios": [a["seconds"] / b["seconds"] for a, b in zip(syft_hist[1:], sim_hist[1:], strict=True)]}
 
 
-def bench_demo(work: Path, repeats: int = 3) -> dict:
-    times = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "fl_syft", "demo", "--out", str(work / f"demo{i}"),
-                               "--state-dir", str(work / f"demo-state{i}")], capture_output=True, text=True)
-        times.append(time.perf_counter() - t)
-        if done.returncode != 0:
-            raise RuntimeError(f"demo failed: {done.stderr[-500:]}")
-    runs = [json.loads((work / f"demo{i}" / "metrics.json").read_text()) for i in range(repeats)]
-    m = runs[0]
-    print(f"demo {statistics.median(times):.1f} s", flush=True)
-    return {"seconds_median": statistics.median(times), "seconds": times, "repeats": repeats,
-            "finals": [r["final"]["global_test_accuracy"] for r in runs],
-            "secure_aggregation": "secure_aggregation" in m["config"],
-            "epsilon_spent": {k: v["epsilon"] for k, v in m["final"].get("epsilon_spent", {}).items()},
-            "local_only": {k: v["test_accuracy"] for k, v in m.get("baselines", {}).get("local_only", {}).items()}}
-
-
 def bench_scaling(mnist, work: Path) -> list[dict]:
     """PySyft round time at the same total data (60k rows) over 2, 5 and 10 datasites."""
     rows = []
     for n in (2, 5, 10):
         with deployed(PartitionSpec(sites=n), work / f"scale{n}") as (d, sites, _):
-            _, hist = FedAvg().run(sites, mnist.X_test, mnist.y_test, rounds=4)
+            _, hist = FedAvg(features="pixels").run(sites, pixel_features(mnist.X_test), mnist.y_test, rounds=4)
             rss = peak_rss_mb([p.pid for p in d.procs.values()])
         rows.append({"sites": n, "round_seconds": median_round(hist), **split(hist),
                      "final": hist[-1]["global_test_accuracy"], "datasite_peak_rss_mb_max": max(rss),
@@ -77,11 +57,12 @@ def bench_scaling(mnist, work: Path) -> list[dict]:
 def bench_lbfgs_syft(mnist, work: Path) -> dict:
     """Federated L-BFGS through PySyft on dirichlet-0.1-10."""
     spec = scenario("dirichlet-0.1-10")
-    shards = make_shards(mnist.X_train, mnist.y_train, spec)
-    ceiling = centralized(shards, 1.0, mnist.X_test, mnist.y_test)["test_accuracy"]
+    X_test = pixel_features(mnist.X_test)
+    local = local_sites(make_shards(mnist.X_train, mnist.y_train, spec), PLAIN)
+    ceiling = score(centralized(local, "pixels", 1.0)["params"], X_test, mnist.y_test)["accuracy"]
     with deployed(spec, work / "lbfgs", functions=Lbfgs.functions) as (_, sites, _):
         t = time.perf_counter()
-        _, hist = Lbfgs().run(sites, mnist.X_test, mnist.y_test, rounds=500)
+        _, hist = Lbfgs(features="pixels").run(sites, X_test, mnist.y_test, rounds=500)
         wall = time.perf_counter() - t
     final = hist[-1]["global_test_accuracy"]
     print(f"lbfgs via PySyft: {100 * final:.2f}% vs ceiling {100 * ceiling:.2f}% in {len(hist)} rounds, {wall:.0f} s",

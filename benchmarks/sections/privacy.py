@@ -12,7 +12,7 @@ from fl_syft.scientist.algorithms import State, build
 from fl_syft.scientist.algorithms.private import DEFAULTS, SECURE_DEFAULTS
 from fl_syft.scientist.runs import RunRequest
 from fl_syft.simulate import local_sites
-from sections.shared import DP_EPSILONS, deployed, median_round, private_run
+from sections.shared import DP_EPSILONS, deployed, median_round, pixel_features, private_run
 
 
 def bench_dp_curve(mnist) -> dict:
@@ -58,15 +58,16 @@ def bench_secagg_syft(mnist, work: Path, compare_rounds: int = 8) -> dict:
             print(f"secagg via PySyft {n} sites secure {secure}: {100 * row['final']:.2f}% in "
                   f"{row['wall_seconds']:.0f} s ({row['median_round_seconds']:.2f} s/round)", flush=True)
     # Round time at 10 sites, one noisy step per round either way, alternating.
+    X_test = pixel_features(mnist.X_test)
     with deployed(PartitionSpec(sites=10), work / "sa-time", policy=owner_policy()) as (_, sites, _):
         statuses = [s.privacy() for s in sites]  # each plans half the budget over 120 steps, and runs a few
-        asked = {secure: RunRequest(settings={"local_steps": 1}, rounds=120, epsilon=0.45, secure=secure)
-                 for secure in (False, True)}
+        asked = {secure: RunRequest(settings={"local_steps": 1}, rounds=120, epsilon=0.45, secure=secure,
+                                    features="pixels") for secure in (False, True)}
         runs = {secure: build("fedavg", r.settings, statuses, r) for secure, r in asked.items()}
         state = {secure: State() for secure in runs}
         for rnd in range(1, compare_rounds + 1):
             for secure, algo in runs.items():
-                state[secure] = algo.run(sites, mnist.X_test, mnist.y_test, rounds=rnd, state=state[secure])
+                state[secure] = algo.run(sites, X_test, mnist.y_test, rounds=rnd, state=state[secure])
     plain, masked = (state[s][1] for s in (False, True))
     out["round_seconds"] = {"without": median_round(plain), "with": median_round(masked)}
     out["ratio"] = out["round_seconds"]["with"] / out["round_seconds"]["without"]

@@ -8,6 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
+from fl_syft.common.features import MAPS
 from fl_syft.common.partition import PartitionSpec
 from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
 from fl_syft.owner.policy import OwnerPolicy, owner_policy
@@ -25,35 +26,45 @@ DP_EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, None)
 
 
 
-def dp_request(epsilon: float | None, secure: bool = False) -> RunRequest:
-    """FedAvg under DP at ``epsilon`` per site: more noisy steps where the budget affords them
-    (the noise per step grows only with their square root). With secure aggregation one step
-    per round (a site's own noise protects only the sum of one step): the default 80 up to
-    epsilon 1, then as many as without it. No epsilon: plain FedAvg for 30 rounds."""
+def dp_request(epsilon: float | None, secure: bool = False, features: str = "pixels") -> RunRequest:
+    """FedAvg under DP at ``epsilon`` per site on ``features``. On pixels (the sections measured before
+    feature maps): more noisy steps where the budget affords them (the noise per step grows only
+    with their square root); with secure aggregation one step per round (a site's own noise
+    protects only the sum of one step): the default 80 up to epsilon 1, then as many as without it.
+    On scattering: the planner's own choice of steps for the epsilon (``private.planned_steps``).
+    No epsilon: plain FedAvg for 30 rounds."""
+    base = {"features": features, "secure": secure, "config": {"command": "benchmark"}}
     if not epsilon:
-        return RunRequest(rounds=FEDAVG_ROUNDS, secure=secure, config={"command": "benchmark"})
+        return RunRequest(rounds=FEDAVG_ROUNDS, **base)
+    if features != "pixels":
+        return RunRequest(**base)
     steps = 120 if epsilon <= 1 else 300 if epsilon <= 3 else 600
     if secure:
-        return RunRequest(settings={"local_steps": 1}, rounds=None if epsilon <= 1 else steps, secure=True,
-                          config={"command": "benchmark"})
-    return RunRequest(settings={"local_steps": 10}, rounds=steps // 10, config={"command": "benchmark"})
+        return RunRequest(settings={"local_steps": 1}, rounds=None if epsilon <= 1 else steps, **base)
+    return RunRequest(settings={"local_steps": 10}, rounds=steps // 10, **base)
 
 
-def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False) -> dict:
-    """One run (the sites' policies decide DP); its figures."""
-    request = dp_request(epsilon, secure)
+def private_run(sites: list, epsilon: float | None, mnist, secure: bool = False, features: str = "pixels") -> dict:
+    """One run (the sites' policies decide DP) on ``features``; its figures."""
+    request = dp_request(epsilon, secure, features)
     t = time.perf_counter()
     outcome = run(sites, request, mnist.X_test, mnist.y_test)
     wall = time.perf_counter() - t
     spent = [s.privacy().get("epsilon_spent") for s in sites]
     secure_seconds = [r["secure_aggregation"]["seconds"] for r in outcome.history[1:] if "secure_aggregation" in r]
-    return {"epsilon": epsilon, "secure_aggregation": secure, "final": outcome.history[-1]["global_test_accuracy"],
-            "rounds": len(outcome.history),
-            "noisy_steps_per_site": len(outcome.history) * request.settings["local_steps"] if epsilon else 0,
+    plan = outcome.config.get("privacy", {})
+    return {"epsilon": epsilon, "secure_aggregation": secure, "features": features,
+            "final": outcome.history[-1]["global_test_accuracy"], "rounds": len(outcome.history),
+            "noisy_steps_per_site": plan.get("noisy_steps_per_site", 0),
             "epsilon_spent_max": max(spent) if epsilon else None, "wall_seconds": wall,
             "median_round_seconds": median_round(outcome.history),
             "secure_split": {k: statistics.median(t[k] for t in secure_seconds) for k in secure_seconds[0]}
             if secure_seconds else None}
+
+
+def pixel_features(X):
+    """Images as the pixels feature map has them (what the sections measured before feature maps take)."""
+    return MAPS["pixels"].transform(X)
 
 
 def rounds_to_within(history: list[dict], ceiling: float, pp: float = 0.2) -> int | None:

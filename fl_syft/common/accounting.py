@@ -69,3 +69,10 @@ def epsilon_of_event(event, delta: float, accountant: str = "rdp") -> float:
 
     acc = dpa.rdp.RdpAccountant() if accountant == "rdp" else dpa.pld.PLDAccountant()
     return float(acc.compose(event).get_epsilon(delta))
+
+
+def composed(epsilons: Iterable[float], delta: float, noise_multipliers: Iterable[float] = ()) -> float:
+    """Epsilon at ``delta`` of runs that each spend one of ``epsilons`` on their own (at ``delta``),
+    composed with these other releases: the budget that holds them all. Less than their sum
+    (Gaussian mechanisms compose in their noise's precision, not in epsilon)."""
+    return epsilon([*(noise_for(e, delta, 1) for e in epsilons), *noise_multipliers], delta)

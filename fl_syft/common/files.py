@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 
 def write_private(path: Path, content: str | bytes) -> None:
     """Write ``path`` readable only by its owner (0600 from creation, no window), atomically."""
+    _write_atomic(path, "wb" if isinstance(content, bytes) else "w", lambda f: f.write(content))
+
+
+def save_private_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` as :func:`write_private` writes (streamed: no second copy in memory)."""
+    _write_atomic(path, "wb", lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_syft.common.model import N_CLASSES, N_FEATURES
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
+from fl_syft.common.features import MAPS as FEATURE_MAPS
+from fl_syft.common.model import N_CLASSES
 
 # --- config keys and endpoints ------------------------------------------------------------------
 
@@ -26,11 +28,22 @@ STATUS_PATH = "fl_syft.privacy"  # the site's API endpoint publishing its SiteSt
 SECAGG_PATH = "fl_syft.secagg"  # the path a signed secure-aggregation request names
 SECAGG_ROUTE = "/fl-syft/secagg"  # the owner's HTTP route for those requests, under /api/v2
 
-# --- the models exchanged -------------------------------------------------------------------------
+# --- the models exchanged: multinomial logistic regression on a feature map (``common.features``) ---
 
-MODEL_SHAPES = {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,)}
-VELOCITY_SHAPES = {"velocity_coef": (N_CLASSES, N_FEATURES), "velocity_intercept": (N_CLASSES,)}
-PARAM_SHAPES = {**MODEL_SHAPES, **VELOCITY_SHAPES}  # what a call under DP may send (and gets back)
+
+def model_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """The model on ``width`` features: coef (10, width), intercept (10,)."""
+    return {"coef": (N_CLASSES, width), "intercept": (N_CLASSES,)}
+
+
+def velocity_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """The momentum a DP run carries: velocity_coef (10, width), velocity_intercept (10,)."""
+    return {"velocity_coef": (N_CLASSES, width), "velocity_intercept": (N_CLASSES,)}
+
+
+def param_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """What a call under DP may send (and gets back): the model and its momentum."""
+    return {**model_shapes(width), **velocity_shapes(width)}
 
 # --- refusals -------------------------------------------------------------------------------------
 
@@ -105,15 +118,18 @@ class Key:
     (inclusive; ``low`` None: the owner's policy sets it, as for the noise floor)."""
 
     name: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool or str
     default: Any = REQUIRED
     low: float | None = None
     high: float | None = None
     help: str = ""
+    choices: tuple[str, ...] = ()  # a str key's admitted values
 
     @property
     def bound(self) -> Any:
-        """As the policy publishes it: the type for flags and seeds, else (low, high)."""
+        """As the policy publishes it: the choices of a str, the type for flags and seeds, else (low, high)."""
+        if self.choices:
+            return list(self.choices)
         return self.kind if self.kind is bool or (self.low is None and self.high is None) else (self.low, self.high)
 
 
@@ -141,7 +157,14 @@ class Schema:
         return {**self.defaults(), **config}
 
 
+# Every vetted function runs on one of the site's feature maps (computed once per shard, by the site).
+FEATURES = Key("features", str, DEFAULT_FEATURES, help="the fixed feature map the model is on "
+               "(scattering: kymatio Scattering2D J=2 L=8, group-normalised; pixels: pixels/255)",
+               choices=tuple(FEATURE_MAPS))
+PIXELS_ONLY = ("frequencies",)  # keys that describe an image's pixels: refused on other feature maps
+
 ML_EXPERIMENT = Schema("ml_experiment", (
+    FEATURES,
     Key("local_iters", int, 20, 1, 1000, "local lbfgs iterations per site and round"),
     Key("C", float, 1.0, 1e-4, 1e4, "inverse L2 strength, as scikit-learn's C"),
     Key("holdout", float, 0.05, 0.0, 0.5, "fraction of each site's rows held out to score the received model"),
@@ -150,15 +173,16 @@ ML_EXPERIMENT = Schema("ml_experiment", (
                                          "prior-free models (helps under label skew)"),
 ))
 ML_EXPERIMENT_DP = Schema("ml_experiment", (
+    FEATURES,
     Key("local_steps", int, REQUIRED, 1, 100, "noisy gradient steps per site and round"),
     Key("lr", float, 4.0, 1e-4, 100.0, "step size on the mean gradient"),
     Key("momentum", float, 0.9, 0.0, 0.99, "momentum of the gradient steps, carried across rounds"),
     Key("l2", float, 0.0, 0.0, 1.0, "L2 strength per row"),
-    Key("frequencies", int, 14, 1, 28, "the steps move the model only within the K x K lowest spatial "
-                                       "frequencies of the image, where the noise goes too (28: every pixel)"),
+    Key("frequencies", int, 14, 1, 28, "pixels only: the steps move the model only within the K x K lowest "
+                                       "spatial frequencies of the image, where the noise goes too (28: every pixel)"),
     Key("noise_multiplier", float, REQUIRED, None, 1e6, "noise std per step / clipping norm"),
 ))
-LR_LOSS_GRAD = Schema("lr_loss_grad")
+LR_LOSS_GRAD = Schema("lr_loss_grad", (FEATURES,))
 
 # mode ("plain" or "dp") -> function -> schema: what a site with that policy lets run.
 SCHEMAS: dict[str, dict[str, Schema]] = {
@@ -175,6 +199,8 @@ def schema(function: str, dp: bool) -> Schema | None:
 def out_of_range(key: Key, value: Any, low: float | None = None) -> str | None:
     """Why ``value`` is not admitted for ``key``, as a phrase ("is outside [1, 1000]", "must be an
     integer", "must be a bool"; ``low`` replaces an owner-set floor), or None if it is."""
+    if key.choices:
+        return None if type(value) is str and value in key.choices else f"must be one of {', '.join(key.choices)}"
     if isinstance(key.bound, type):  # a flag or a seed: its exact type, whatever floor is given
         return None if type(value) is key.kind else f"must be a {key.kind.__name__}"
     lo = key.low if key.low is not None else low

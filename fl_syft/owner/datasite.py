@@ -25,6 +25,7 @@ import numpy as np
 
 from fl_syft.common.files import write_json, write_private
 from fl_syft.common.protocol import STATUS_PATH
+from fl_syft.owner.features import FEATURES, site_features
 from fl_syft.owner.policy import OwnerPolicy
 
 log = logging.getLogger("fl_syft.datasite")
@@ -172,7 +173,8 @@ def run_site(spec: SiteSpec) -> None:
     syft_patches.read_assets_from_memory(server)
     audit = AuditLog(spec.dir / "audit.jsonl", spec.name)
     approver = Approver(server.root_client, _request_counter(server), spec.name, audit, reject_unapplied(server))
-    guard = _install_guard(server, spec, private, audit, approver.vet)
+    features = site_features(private, spec.dir.parent / FEATURES, spec.name)  # once: every call reads these
+    guard = _install_guard(server, spec, features, audit, approver.vet)
     quota = syft_patches.ScientistQuota(spec.dir / "quota.json", int(guard.policy.storage_quota_mb * 2 ** 20))
     syft_patches.scientist_api(server, quota, endpoints=frozenset({STATUS_PATH}))
     threading.Thread(target=approver.run_forever, name="approver", daemon=True).start()
@@ -188,10 +190,10 @@ def shard_sha256(shard: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(shard).tobytes()).hexdigest()
 
 
-def _install_guard(server, spec: SiteSpec, private: np.ndarray, audit, vet: Callable[[object], object]):
+def _install_guard(server, spec: SiteSpec, features: dict[str, dict], audit, vet: Callable[[object], object]):
     """The owner's guard for this site (``owner.site.assemble``), made the only runner of code on
-    ``private`` (the site's rows; ``vet`` re-checks a call's code), and its privacy status
-    published as the API endpoint ``fl_syft.privacy``."""
+    the site's rows (``features``: theirs, ``owner.features.site_features``; ``vet`` re-checks a
+    call's code), and its privacy status published as the API endpoint ``fl_syft.privacy``."""
     from fl_syft.owner import guard as guards
     from fl_syft.owner.ledger import Ledger, open_site_ledger
     from fl_syft.owner.site import assemble
@@ -202,12 +204,14 @@ def _install_guard(server, spec: SiteSpec, private: np.ndarray, audit, vet: Call
         return open_site_ledger(spec.dir, data["sha256"], total, delta)
 
     # The datasite's own identity signs its round keys.
-    guard = assemble(spec.name, spec.policy, len(private), open_ledger=open_ledger,
+    rows = len(next(iter(features.values()))["y"])
+    guard = assemble(spec.name, spec.policy, rows, open_ledger=open_ledger,
                      signing_key=server.signing_key.signing_key, secagg_journal=spec.dir / "secagg.jsonl",
                      audit=audit.write)
     root = server.root_client
     # An unknown key is still audited, by its key.
-    guards.install(guard, private, np.asarray(root.datasets[0].assets[0].mock),
+    mock = np.asarray(root.datasets[0].assets[0].mock)
+    guards.install(guard, features, mock, site_features(mock, None, f"{spec.name}'s mock"),
                    lambda key: guards.account_email(server, key) or str(key), vet)
     guards.publish_status(root)
     log.info("%s: %s", spec.name, guard.policy.describe())

@@ -22,16 +22,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fl_syft.common.errors import FlSyftError
+from fl_syft.common.features import MAPS as FEATURE_MAPS
 from fl_syft.common.policy import PrivacyPolicy
 from fl_syft.common.protocol import (
-    MODEL_SHAPES,
-    PARAM_SHAPES,
+    PIXELS_ONLY,
     PRIVACY_KEY,
     REQUIRED,
     SECAGG_KEY,
@@ -41,7 +41,9 @@ from fl_syft.common.protocol import (
     Refusal,
     Schema,
     SiteStatus,
+    model_shapes,
     out_of_range,
+    param_shapes,
     schema,
 )
 from fl_syft.common.secagg import model_hash
@@ -110,9 +112,16 @@ class Guard:
             raise Refused("this site requires secure aggregation: run with --secure-aggregation")
         if secure is not None:
             self._check_secure(secure, config)
-        _check_params(global_params, allow_velocity=self.policy.dp, bound=self.policy.model_bound)
         _check_config(config, keys, self.policy.min_noise)
-        config = keys.complete(config)
+        asked, config = config, keys.complete(config)
+        if config["features"] != "pixels":  # no image left to take frequencies of
+            pixel_keys = sorted(set(PIXELS_ONLY) & set(asked))
+            if pixel_keys:
+                raise Refused(f"config {', '.join(pixel_keys)} applies to features 'pixels' only, "
+                              f"not {config['features']!r}")
+            config = {k: v for k, v in config.items() if k not in PIXELS_ONLY}
+        _check_params(global_params, FEATURE_MAPS[config["features"]].width, allow_velocity=self.policy.dp,
+                      bound=self.policy.model_bound)
         if on_private_rows:  # on the completed config: an unset holdout still holds rows out
             self._check_rows(function, config)
         if not self.policy.dp:
@@ -146,13 +155,15 @@ class Guard:
             raise Refused("with secure aggregation each site adds only 1/sqrt(threshold) of the noise variance, "
                           "which protects the sum of one step, not a site's own trajectory: local_steps must be 1")
 
-    def call(self, function: str, rows: np.ndarray, global_params: object, config: object, requester: str = "",
-             on_private_rows: bool = True) -> object:
-        """Run ``function`` on ``rows`` the only way this site runs anything on them: admitted
-        (bounds, charge), then the owner's own installed vetted function (never code from a
-        request) on canonical copies of the arguments, then :meth:`finish`."""
+    def call(self, function: str, data: Mapping[str, dict], global_params: object, config: object,
+             requester: str = "", on_private_rows: bool = True) -> object:
+        """Run ``function`` on the site's rows the only way this site runs anything on them:
+        admitted (bounds, charge), then the owner's own installed vetted function (never code
+        from a request) on canonical copies of the arguments and the rows' features the config
+        names (``data``: feature map name -> {"X", "y"}, ``owner.features.site_features``), then
+        :meth:`finish`."""
         admitted = self.admit(function, global_params, config, requester, on_private_rows)
-        result = VETTED[function](rows, canonical_params(global_params), admitted)
+        result = VETTED[function](data[admitted["features"]], canonical_params(global_params), admitted)
         return self.finish(function, config, global_params, result, on_private_rows)
 
     def finish(self, function: str, config: dict, global_params: dict, result: object,
@@ -207,24 +218,25 @@ class Guard:
         return SiteStatus(self.site, self.policy.to_dict(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), **budget).to_dict()
 
 
-def _check_params(params: object, allow_velocity: bool, bound: float) -> None:
-    """A model this site computes on: exact dict of exact numpy arrays of the published shapes,
-    every entry finite and within +-``bound`` (the owner's ``model_bound``). The bound is what makes
-    the vetted steps total: with pixels in [0, 1] every logit stays within +-785 * bound, far
-    inside float32 and float64, so no row's outcome can overflow (see ``vetted.local_training``)."""
+def _check_params(params: object, width: int, allow_velocity: bool, bound: float) -> None:
+    """A model this site computes on: exact dict of exact numpy arrays of the published shapes on
+    ``width`` features, every entry finite and within +-``bound`` (the owner's ``model_bound``). The
+    bound is what makes the vetted steps total: every feature is bounded (``vetted.local_training``),
+    so every logit stays far inside float32 and float64 and no row's outcome can overflow."""
     if type(params) is not dict:
         raise Refused(f"global_params must be a dict, got {type(params).__name__}")
-    allowed = set(PARAM_SHAPES) if allow_velocity else set(MODEL_SHAPES)
+    shapes = param_shapes(width) if allow_velocity else model_shapes(width)
+    allowed = set(shapes)
     unknown = sorted(map(repr, set(params) - allowed))
     if unknown:
         raise Refused(f"unknown global_params keys {', '.join(unknown)}; allowed: {sorted(allowed)}")
-    if params and not set(MODEL_SHAPES) <= set(params):
+    if params and not {"coef", "intercept"} <= set(params):
         raise Refused("global_params must be {} or hold both coef and intercept")
     for key, value in params.items():
-        if type(value) is not np.ndarray or value.dtype.kind not in "fiu" or value.shape != PARAM_SHAPES[key] \
+        if type(value) is not np.ndarray or value.dtype.kind not in "fiu" or value.shape != shapes[key] \
                 or not np.all(np.abs(value.astype(np.float64)) <= bound):  # float64: no integer wrap; NaN fails
             raise Refused(f"global_params {key} must be a numpy array of finite numbers within +-{bound:g}, "
-                          f"shape {PARAM_SHAPES[key]}")
+                          f"shape {shapes[key]}")
 
 
 def canonical_params(params: dict) -> dict:
@@ -349,14 +361,15 @@ def publish_status(root_client) -> None:
             "The data owner's privacy policy for this site and the budget its ledger has spent."))(privacy_status))
 
 
-def install(guard: Guard, rows: np.ndarray, mock: np.ndarray, email_of: Callable[[object], str],
-            vet: Callable[[object], object]) -> None:
+def install(guard: Guard, data: Mapping[str, dict], mock: np.ndarray, mock_data: Mapping[str, dict],
+            email_of: Callable[[object], str], vet: Callable[[object], object]) -> None:
     """Make ``guard`` the only thing PySyft 0.9.5 runs in this process for a request's call.
 
     The request's code is vetted again on every call (``vet(code) -> Decision``: fingerprint,
     policies, inputs, as on approval), then the owner's own installed function runs through
-    :meth:`Guard.call` on ``rows`` (the site's own copy of the private rows) or, when PySyft
-    hands in the synthetic ``mock`` (its second run of each call), on the mock, uncharged.
+    :meth:`Guard.call` on ``data`` (the features of the site's own copy of the private rows) or,
+    when PySyft hands in the synthetic ``mock`` (its second run of each call), on the mock's
+    ``mock_data``, uncharged.
     Nothing of the request is executed. ``email_of(credentials)`` names the caller."""
     from syft.types.errors import SyftException
 
@@ -367,11 +380,11 @@ def install(guard: Guard, rows: np.ndarray, mock: np.ndarray, email_of: Callable
         decision = vet(code_item)
         if not decision.approve:
             raise SyftException(public_message=str(Refusal(guard.site, function, decision.reason)))
-        data = kwargs.get("data")
-        on_mock = type(data) is np.ndarray and data.shape == mock.shape and np.array_equal(data, mock)
+        given = kwargs.get("data")
+        on_mock = type(given) is np.ndarray and given.shape == mock.shape and np.array_equal(given, mock)
         try:
-            return guard.call(function, mock if on_mock else rows, kwargs.get("global_params"), kwargs.get("config"),
-                              email_of(context.credentials), on_private_rows=not on_mock)
+            return guard.call(function, mock_data if on_mock else data, kwargs.get("global_params"),
+                              kwargs.get("config"), email_of(context.credentials), on_private_rows=not on_mock)
         except Refused as e:
             raise SyftException(public_message=str(Refusal(guard.site, function, str(e)))) from None
 

@@ -54,7 +54,7 @@ log = logging.getLogger("fl_syft.launch")
 ADMIN_EMAIL = "owner@fl-syft.example.com"
 DS_EMAIL = "scientist@fl-syft.example.com"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-START_TIMEOUT = 180.0
+START_TIMEOUT = 300.0  # a cold start computes each shard's scattering features (~1 ms a row)
 # Our own datasites are never behind a proxy; urlopen's global opener would honour (and
 # cache) http_proxy and send the readiness probe there.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -256,7 +256,8 @@ class Deployment:
     def _wait_ready(self, names: list[str] | None = None) -> list[dict]:
         table, deadline = [], time.monotonic() + START_TIMEOUT
         names = names or list(self.specs)
-        with tqdm(total=len(names), desc="starting datasites", unit="site", leave=False) as bar:
+        with tqdm(total=len(names), desc="starting datasites (features: once per shard)", unit="site",
+                  leave=False) as bar:
             for name in names:
                 spec = self.specs[name]
                 while not _answers(spec):

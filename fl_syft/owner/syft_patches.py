@@ -26,13 +26,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from fl_syft.common.features import MAPS as FEATURE_MAPS
 from fl_syft.common.files import write_json
+from fl_syft.common.protocol import param_shapes
 
 log = logging.getLogger("fl_syft.datasite")
 
@@ -113,7 +116,16 @@ SCIENTIST_PATHS = frozenset({
     "notifications.get_all_unread", "notifications.resolve_object", "migration._get_object",
 })
 STORING = frozenset({"action.set", "code.request_code_execution"})  # paths whose bodies the site keeps
-KEPT_PER_CALL = {"code.call": 256 << 10, "api.call": 4 << 10}  # what PySyft keeps of each call's result (bytes)
+
+
+def _largest_answer() -> int:
+    """Bytes PySyft keeps of a vetted function's call at most: the model and its momentum on the
+    widest feature map, in float64, twice (it keeps the mock run's answer too), plus its framing."""
+    width = max(fmap.width for fmap in FEATURE_MAPS.values())
+    return 2 * 8 * sum(math.prod(shape) for shape in param_shapes(width).values()) + (64 << 10)
+
+
+KEPT_PER_CALL = {"code.call": _largest_answer(), "api.call": 4 << 10}  # what PySyft keeps of a call's result
 
 
 class ScientistQuota:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fl_syft.common.errors import FlSyftError
-from fl_syft.common.model import N_CLASSES, N_FEATURES
+from fl_syft.common.model import N_CLASSES
 
 
 class SiteResultError(FlSyftError):
@@ -23,11 +23,11 @@ class SiteResultError(FlSyftError):
         self.site = site
 
 
-def validate_result(site: str, result: object) -> None:
-    """Raise SiteResultError unless ``result`` has finite coef (10, 784), intercept (10,),
+def validate_result(site: str, result: object, width: int) -> None:
+    """Raise SiteResultError unless ``result`` has finite coef (10, width), intercept (10,),
     n_samples > 0 and class_counts (10,): non-negative integers adding up to n_samples
     (FedAvg's per-class weights come from them, so they must agree with the sample count)."""
-    check_fields(site, result, {"coef": (N_CLASSES, N_FEATURES), "intercept": (N_CLASSES,),
+    check_fields(site, result, {"coef": (N_CLASSES, width), "intercept": (N_CLASSES,),
                                  "class_counts": (N_CLASSES,)})
     counts = np.asarray(result["class_counts"])
     if not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
@@ -36,9 +36,9 @@ def validate_result(site: str, result: object) -> None:
         raise SiteResultError(site, f"class_counts add up to {counts.sum()}, n_samples is {result['n_samples']}")
 
 
-def validate_gradient(site: str, result: object) -> None:
-    """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer."""
-    check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, N_FEATURES), "grad_intercept": (N_CLASSES,)})
+def validate_gradient(site: str, result: object, width: int) -> None:
+    """Raise SiteResultError unless ``result`` is a finite ``lr_loss_grad`` answer on ``width`` features."""
+    check_fields(site, result, {"loss": (), "grad_coef": (N_CLASSES, width), "grad_intercept": (N_CLASSES,)})
 
 
 def check_fields(site: str, result: object, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -60,15 +60,15 @@ def check_fields(site: str, result: object, shapes: dict[str, tuple[int, ...]]) 
         raise SiteResultError(site, f"n_samples must be a positive integer, got {n!r}")
 
 
-def sum_gradients(results: Mapping[str, Mapping]) -> dict:
-    """Totals of the sites' ``lr_loss_grad`` answers: the centralized data term exactly.
+def sum_gradients(results: Mapping[str, Mapping], width: int) -> dict:
+    """Totals of the sites' ``lr_loss_grad`` answers on ``width`` features: the centralized data term exactly.
 
-    Returns {"loss": float, "grad_coef": (10, 784), "grad_intercept": (10,), "n_samples": int}.
+    Returns {"loss": float, "grad_coef": (10, width), "grad_intercept": (10,), "n_samples": int}.
     """
     if not results:
         raise ValueError("sum_gradients needs at least one site result")
     for site, result in results.items():
-        validate_gradient(site, result)
+        validate_gradient(site, result, width)
     rows = list(results.values())
     return {"loss": float(sum(r["loss"] for r in rows)),
             "grad_coef": np.sum([np.asarray(r["grad_coef"], np.float64) for r in rows], axis=0),

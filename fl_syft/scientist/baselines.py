@@ -3,6 +3,10 @@
 - local-only: each site trains alone to convergence (the "before federation" number). It
   runs through the site's own approved ``ml_experiment`` (cold start, many iterations), so
   in a PySyft run the data scientist receives only that site's model, as in any round.
+- private alone (under the sites' DP): each site alone at the federated run's epsilon, the
+  same DP recipe with only its own rows and its own noise. It is a second private run at
+  every site, charged to its budget like any: ``plan_private_alone`` plans it before the
+  federated run starts, so a site without the budget for both is refused before anything runs.
 The centralized ceiling (one model on the pooled shards) is computable only where pooling is
 legitimate, so it lives with the simulation (``fl_syft.simulate.centralized``), not here.
 """
@@ -14,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fl_syft.common.protocol import ML_EXPERIMENT
+from fl_syft.common.features import FeatureMap
+from fl_syft.common.protocol import ML_EXPERIMENT, PRIVACY_KEY
 from fl_syft.scientist.aggregate import validate_result
+from fl_syft.scientist.algorithms import Algorithm, mode_of
 from fl_syft.scientist.evaluate import score
 from fl_syft.scientist.rounds import Resilience, Site, call_sites
 from fl_syft.vetted.local_training import ml_experiment
@@ -25,18 +31,53 @@ FUNCTIONS = (ml_experiment,)  # what the sites must approve for local-only basel
 DEFAULT_HOLDOUT = ML_EXPERIMENT["holdout"].default
 
 
-def local_only(sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, C: float = 1.0,
-               holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
+def local_only(sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, features: FeatureMap,
+               C: float = 1.0, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
                resilience: Resilience = Resilience()) -> dict[str, dict]:
     """{site: {"test_accuracy", "n_samples", "class_counts"}} of each site's own converged model.
 
-    ``C``, ``holdout`` and ``seed`` as in the federated run, so the site scores on the same split."""
+    ``features``, ``C``, ``holdout`` and ``seed`` as in the federated run, so the site scores on
+    the same split (``X_test``: the test set's features)."""
     # A site alone trains plain logistic regression, its own label prior included.
-    config = {"local_iters": CONVERGE_ITERS, "C": float(C), "holdout": float(holdout), "seed": int(seed),
-              "logit_adjust": False}
+    config = {"features": features.name, "local_iters": CONVERGE_ITERS, "C": float(C), "holdout": float(holdout),
+              "seed": int(seed), "logit_adjust": False}
     with ThreadPoolExecutor(max_workers=len(sites)) as pool:
-        calls, _ = call_sites(pool, sites, ml_experiment.__name__, {}, config, resilience, 0, validate_result)
+        calls, _ = call_sites(pool, sites, ml_experiment.__name__, {}, config, resilience, 0,
+                              lambda site, result: validate_result(site, result, features.width))
     return {name: {"test_accuracy": score(result, X_test, y_test)["accuracy"],
                    "n_samples": int(result["n_samples"]),
                    "class_counts": np.asarray(result["class_counts"]).tolist()}
             for name, (result, _) in calls.items()}
+
+
+def after(status: dict, noise_multiplier: float, releases: int) -> dict:
+    """A site's published ``status`` as it will read once it has released ``releases`` more noisy
+    steps at ``noise_multiplier`` (to plan a second run before the first has run)."""
+    from fl_syft.common.accounting import epsilon
+
+    released = dict(status["noise_multipliers"])
+    released[repr(noise_multiplier)] = released.get(repr(noise_multiplier), 0) + releases
+    sigmas = [float(s) for s, n in released.items() for _ in range(n)]
+    spent = epsilon(sigmas, status["policy"]["delta"])
+    return {**status, "noise_multipliers": released, "epsilon_spent": spent,
+            "epsilon_remaining": max(0.0, status["policy"]["epsilon"] - spent)}
+
+
+def private_alone(algorithms: dict[str, Algorithm], sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray,
+                  resilience: Resilience = Resilience()) -> dict[str, dict]:
+    """{site: {"test_accuracy", "epsilon", "n_samples" (its published noisy row count), "rounds",
+    "noisy_steps"}}: each site's planned private run alone
+    (``algorithms``: site -> its algorithm, planned for it alone), all sites at once."""
+    by_name = {site.name: site for site in sites}
+
+    def alone(name: str) -> dict:
+        algorithm = algorithms[name]
+        rounds = algorithm.rounds_for(None)
+        state = algorithm.run([by_name[name]], X_test, y_test, rounds=rounds, resilience=resilience, echo=False)
+        plan = mode_of(algorithm)[PRIVACY_KEY]
+        return {"test_accuracy": score(state.params, X_test, y_test)["accuracy"], "epsilon": plan["epsilon_per_site"],
+                "n_samples": plan["sites"][name]["rows"], "rounds": rounds,
+                "noisy_steps": plan["noisy_steps_per_site"]}
+
+    with ThreadPoolExecutor(max_workers=len(algorithms)) as pool:
+        return dict(zip(algorithms, pool.map(alone, algorithms), strict=True))

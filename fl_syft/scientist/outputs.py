@@ -16,13 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from fl_syft.common.errors import ConfigError, FlSyftError
+from fl_syft.common.features import FeatureMap, from_spec
 from fl_syft.common.files import to_json, write_json
-from fl_syft.common.protocol import MODEL_SHAPES
+
+MODEL_KEYS = ("coef", "intercept")
+FEATURES_KEY = "features"  # model.npz's entry: the feature map's spec, as JSON
 
 
-def write_model(path: Path, params: dict) -> None:
-    """The global model alone: coef (10, 784), intercept (10,)."""
-    _savez_atomic(path, **{key: np.asarray(params[key]) for key in MODEL_SHAPES})
+def write_model(path: Path, params: dict, features: FeatureMap) -> None:
+    """The global model alone: coef (10, width), intercept (10,), and ``features``: the spec of the
+    feature map it is on (JSON), from which any scorer can rebuild the features."""
+    _savez_atomic(path, **{key: np.asarray(params[key]) for key in MODEL_KEYS},
+                  **{FEATURES_KEY: np.array(features.to_json())})
 
 
 def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
@@ -32,9 +37,20 @@ def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def load_model(path: Path) -> dict:
-    with np.load(path) as z:
-        return {key: z[key] for key in MODEL_SHAPES}
+def load_model(path: Path) -> tuple[dict, FeatureMap]:
+    """(params, the feature map they are on) of a ``model.npz``; ConfigError naming what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = {key: z[key] for key in MODEL_KEYS}
+            spec = str(z[FEATURES_KEY]) if FEATURES_KEY in z.files else '{"name": "pixels", "version": 1, ' \
+                '"input": "pixels/255"}'  # models saved before feature maps were on pixels
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path} is not a model.npz of fl-syft ({e}): give the model.npz a run wrote") from None
+    fmap = from_spec(spec)
+    if params["coef"].shape != (10, fmap.width) or params["intercept"].shape != (10,):
+        raise ConfigError(f"{path}: coef {params['coef'].shape} does not fit its features ({fmap.name}, "
+                          f"{fmap.width} wide)")
+    return params, fmap
 
 
 def metrics(config: dict, history: list[dict], baselines: dict | None = None, final_round: int | None = None,
@@ -71,11 +87,11 @@ def check_out_dir(out: Path, overwrite: bool = False) -> None:
         raise ConfigError(f"{{out}} {out} is not writable ({e.strerror}): choose another {{out}}") from None
 
 
-def write_outputs(out: Path, doc: dict, params: dict) -> None:
+def write_outputs(out: Path, doc: dict, params: dict, features: FeatureMap) -> None:
     """``checkpoint.npz``, ``model.npz`` and ``metrics.json`` (``doc``: see :func:`metrics`) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     write_checkpoint(out / "checkpoint.npz", doc["config"], doc["rounds"], params)
-    write_model(out / "model.npz", params)
+    write_model(out / "model.npz", params, features)
     write_json(out / "metrics.json", doc)
 
 

@@ -67,6 +67,16 @@ class PrivacyPlan:
                           for b in self.budgets}}
 
 
+def spendable(statuses: list[dict], epsilon: float | None = None) -> float:
+    """What a run asking for ``epsilon`` (None: what is left) may spend per site, to size the run by:
+    ``epsilon``, else the least any DP site has left (its total minus its spent; composition is
+    not a sum, so the noise is planned exactly by :func:`plan`)."""
+    if epsilon is not None:
+        return epsilon
+    left = [b.remaining for b in map(SiteBudget.from_status, statuses) if b.policy.dp]
+    return max(min(left, default=0.0), 1e-6)
+
+
 def plan(statuses: list[dict], releases: int, epsilon: float | None = None) -> PrivacyPlan | None:
     """The plan for a run of ``releases`` noisy steps per site; None if no site enforces DP.
 

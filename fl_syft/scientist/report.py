@@ -27,12 +27,23 @@ def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_tes
     _save(convergence_figure(history, baselines, algorithm.title), out / "convergence.png")
     _save(confusion_figure(confusion_matrix(params, X_test, y_test), doc["final"]["global_test_accuracy"]),
           out / "confusion_matrix.png")
-    has_comparison = bool(baselines.get("local_only"))
+    has_comparison = bool(alone_baselines(baselines)[0])
     if has_comparison:
         _save(comparison_figure(baselines, doc["final"]["global_test_accuracy"]), out / "comparison.png")
     path = out / "report.md"
     path.write_text(_markdown(doc, algorithm, len(y_test), label_histogram, histogram_of, has_comparison))
     return path
+
+
+def alone_baselines(baselines: dict) -> tuple[dict, str]:
+    """(site -> its alone baseline, how to name it): under DP each site alone at the run's epsilon,
+    else each site alone without DP (local-only); ({}, "") when there are none."""
+    if baselines.get("private_alone"):
+        eps = next(iter(baselines["private_alone"].values()))["epsilon"]
+        return baselines["private_alone"], f"site alone at epsilon {eps:.3g} (its own noise)"
+    if baselines.get("local_only"):
+        return baselines["local_only"], "local-only (site alone)"
+    return {}, ""
 
 
 def _site_order(names) -> list[str]:
@@ -90,9 +101,10 @@ def convergence_figure(history: list[dict], baselines: dict, title: str):
         ceiling = 100 * baselines["centralized"]["test_accuracy"]
         ax.axhline(ceiling, color="tab:green", lw=1.5, label=f"{CENTRALIZED} ({ceiling:.2f}%)")
         shown.append(ceiling)
-    if baselines.get("local_only"):
-        mean = 100 * np.mean([v["test_accuracy"] for v in baselines["local_only"].values()])
-        ax.axhline(mean, color="tab:red", lw=1.5, ls=":", label=f"local-only mean, MNIST test ({mean:.2f}%)")
+    alone, label = alone_baselines(baselines)
+    if alone:
+        mean = 100 * np.mean([v["test_accuracy"] for v in alone.values()])
+        ax.axhline(mean, color="tab:red", lw=1.5, ls=":", label=f"{label}: mean ({mean:.2f}%)")
         shown.append(mean)
     ax.set_xlabel("round (one call to every site)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -124,19 +136,20 @@ def comparison_figure(baselines: dict, federated: float):
     """Per site: alone vs the federated model (bars from 0), the centralized reference as a line."""
     import matplotlib.pyplot as plt
 
-    local = baselines["local_only"]
+    local, label = alone_baselines(baselines)
     sites = _site_order(local)
     x = np.arange(len(sites))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sites) + 3), 4.6))
     alone = ax.bar(x - 0.2, [100 * local[s]["test_accuracy"] for s in sites], 0.4, color="tab:red", alpha=0.8,
-                   label="local-only (site alone)")
+                   label=label)
     together = ax.bar(x + 0.2, [100 * federated] * len(sites), 0.4, color="tab:blue", alpha=0.8,
                       label="federated global model")
     for bars in (alone, together):
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     if baselines.get("centralized"):
         ax.axhline(100 * baselines["centralized"]["test_accuracy"], color="tab:green", lw=1.5, label=CENTRALIZED)
-    ax.set_xticks(x, [f"{s}\n({local[s]['n_samples']} rows)" for s in sites], fontsize=8)
+    about = "~" if baselines.get("private_alone") else ""  # under DP: the published noisy count
+    ax.set_xticks(x, [f"{s}\n({about}{local[s]['n_samples']} rows)" for s in sites], fontsize=8)
     ax.set_ylabel("accuracy on the MNIST test set (%)")
     ax.set_ylim(0, 105)  # from zero: bar heights compare as the accuracies do
     ax.set_title("Does federation help? Each site alone vs the federated model", pad=28)
@@ -173,6 +186,15 @@ def _privacy_section(plan: dict, final: dict, threshold: int | None) -> list[str
     return lines
 
 
+def _features(fmap) -> str:
+    """How the report names a feature map (its full spec is in model.npz and metrics.json)."""
+    if fmap.name == "pixels":
+        return "pixels/255 (784)"
+    spec = fmap.spec
+    return (f"scattering: kymatio Scattering2D J={spec['J']}, L={spec['L']} on pixels/255, {spec['norm']} norm "
+            f"({spec['groups']} groups) per image ({fmap.width})")
+
+
 def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dict | None, histogram_of: str,
               has_comparison: bool) -> str:
     cfg, history, baselines = doc["config"], doc["rounds"], doc.get("baselines", {})
@@ -182,7 +204,8 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
              f"the model of round {final['round']}; {final['stopped']}), MNIST test set "
              f"({n_test:,} images).", "",
              "## Settings", "", "| setting | value |", "|---|---|",
-             f"| algorithm | {algorithm.title} |", f"| data | {cfg.get('data')} |"]
+             f"| algorithm | {algorithm.title} |", f"| features | {_features(algorithm.features)} |",
+             f"| data | {cfg.get('data')} |"]
     if "partition" in cfg:
         p = cfg["partition"]
         lines.append(f"| partition | {p['kind']}, {len(label_histogram or {}) or p['sites']} sites"
@@ -200,10 +223,15 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
         c = baselines["centralized"]["test_accuracy"]
         lines.append(f"| {CENTRALIZED}, simulation only (pooled rows) | {100 * c:.2f}% "
                      f"(federated {100 * (final['global_test_accuracy'] - c):+.2f} pp) |")
-    local = baselines.get("local_only", {})
+    local, label = alone_baselines(baselines)
     for site in _site_order(local):
         v = local[site]
-        lines.append(f"| {site} alone (local-only, {v['n_samples']} rows) | {100 * v['test_accuracy']:.2f}% |")
+        lines.append(f"| {site}: {label}, {v['n_samples']} rows | {100 * v['test_accuracy']:.2f}% "
+                     f"(federated {100 * (final['global_test_accuracy'] - v['test_accuracy']):+.2f} pp) |")
+    if baselines.get("private_alone"):
+        lines += ["", "Each site alone is a second private run at every site, at the same epsilon as the federated "
+                      "run and charged to the same budget (planned and checked before the federated run started); "
+                      "the epsilon spent below is both runs composed."]
     if baselines.get("dropped"):
         lines += ["", f"Local-only baselines: not run ({baselines['dropped']})."]
     if baselines.get("centralized"):
@@ -243,6 +271,7 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
     dropped = [(r["round"], s) for r in history for s in r.get("dropped", {})]
     if dropped:
         lines.append(f"- dropouts: {', '.join(f'{s} in round {n}' for n, s in dropped)}")
-    lines += ["", "Files: `metrics.json`, `metrics.csv`, `model.npz` (coef (10, 784), intercept (10,); "
-              "features are pixels/255), `checkpoint.npz`.", ""]
+    lines += ["", f"Files: `metrics.json`, `metrics.csv`, `model.npz` (coef (10, {algorithm.features.width}), "
+              "intercept (10,), and `features`: the feature map's spec as JSON; `fl-syft score model.npz` "
+              "scores it), `checkpoint.npz`.", ""]
     return "\n".join(lines)

@@ -22,15 +22,15 @@ from fl_syft.scientist.rounds import Resilience, Site, format_round, round_recor
 
 def run_rounds(algorithm: RoundAlgorithm, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *,
                rounds: int, state: State = State(), on_round: OnRound | None = None,
-               resilience: Resilience = Resilience()) -> State:
+               resilience: Resilience = Resilience(), echo: bool = True) -> State:
     """Rounds ``len(state.history)+1 .. rounds`` from ``state``. A site that still fails after its
     retries is left out of that round (recorded under "dropped") if at least
     ``resilience.min_sites`` answered; otherwise SitesFailed is raised (the rounds so far were
-    passed to ``on_round``)."""
+    passed to ``on_round``). ``echo``: print a line per round."""
     params, history = dict(state.params), list(state.history)
     first = len(history) + 1
     with ThreadPoolExecutor(max_workers=len(sites)) as pool, \
-            tqdm(total=rounds, initial=first - 1, desc="rounds", unit="round", leave=False) as bar:
+            tqdm(total=rounds, initial=first - 1, desc="rounds", unit="round", leave=False, disable=not echo) as bar:
         for rnd in range(first, rounds + 1):
             started = time.perf_counter()
             sent, config = algorithm.configure(params)
@@ -40,7 +40,8 @@ def run_rounds(algorithm: RoundAlgorithm, sites: Sequence[Site], X_test: np.ndar
             record.update(collected.notes)
             history.append(algorithm.annotate(record))
             bar.update()
-            tqdm.write(format_round(record))
+            if echo:
+                tqdm.write(format_round(record))
             if on_round:
                 on_round(params, history)
     return State(params, history)

@@ -9,6 +9,7 @@ algorithm, mode and state it saved.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from fl_syft.common.errors import ConfigError
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
+from fl_syft.common.features import feature_map
 from fl_syft.common.protocol import ML_EXPERIMENT
 from fl_syft.scientist import baselines as reference
 from fl_syft.scientist.algorithms import (
@@ -34,6 +37,7 @@ from fl_syft.scientist.algorithms import (
 )
 from fl_syft.scientist.algorithms.private import Private
 from fl_syft.scientist.algorithms.secure import Secure
+from fl_syft.scientist.evaluate import features_of_test_set, score
 from fl_syft.scientist.outputs import (
     CheckpointError,
     check_out_dir,
@@ -55,10 +59,12 @@ class RunRequest:
     """What a run asks for. ``settings``: the algorithm's and its wrappers' settings given (by name;
     unset ones take their defaults); ``rounds`` None: the mode's default; under the sites' DP
     ``epsilon`` is what the run may spend per site (default: what the sites have left);
-    ``secure``: secure aggregation (the scientist sees only sums); ``config`` describes the run
-    in metrics.json (command, data, partition ...; the algorithm, its settings and mode are added)."""
+    ``secure``: secure aggregation (the scientist sees only sums); ``features``: the fixed feature
+    map the model is on (``common.features``); ``config`` describes the run in metrics.json
+    (command, data, partition ...; the algorithm, its settings, features and mode are added)."""
 
     algorithm: str = "fedavg"
+    features: str = DEFAULT_FEATURES
     settings: dict[str, Any] = field(default_factory=dict)
     rounds: int | None = None
     epsilon: float | None = None
@@ -73,6 +79,7 @@ class RunRequest:
         """Refuse, before anything is launched or connected, what this run could not do."""
         if self.algorithm not in REGISTRY:
             raise ConfigError(f"{{algorithm}} {self.algorithm!r} is unknown: use one of {', '.join(REGISTRY)}")
+        feature_map(self.features)
         check_given(self.algorithm, self.settings)
         build_settings(self.algorithm, self.settings)
         if self.rounds is not None and self.rounds < 1:
@@ -148,21 +155,26 @@ class Outcome:
     history: list[dict]
     scores: dict = field(default_factory=dict)  # baselines
     report: Path | None = None
+    config: dict = field(default_factory=dict)  # the run as metrics.json describes it (its plan included)
 
 
 def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: np.ndarray, *,
-        ceiling: Callable[[float], dict] | None = None, histogram: Histogram | None = None) -> Outcome:
+        ceiling: Callable[[float, str], dict] | None = None, histogram: Histogram | None = None) -> Outcome:
     """Plan ``request`` over ``sites``, train, score the baselines if asked, write the outputs.
 
-    ``ceiling(C)`` and ``histogram``: what only a simulation can compute from pooled rows
-    (``fl_syft.simulate``): the centralized ceiling for the run's C, and each site's rows per digit.
+    ``X_test``: the public test set's (n, 784) uint8 images (their features are computed here).
+    ``ceiling(C, features)`` and ``histogram``: what only a simulation can compute from pooled rows
+    (``fl_syft.simulate``): the centralized ceiling's model for the run's C and feature map, and
+    each site's rows per digit.
     """
     request.check()
-    algorithm = build(request.algorithm, request.settings, [site.privacy() for site in sites], request)
+    statuses = [site.privacy() for site in sites]
+    algorithm = build(request.algorithm, request.settings, statuses, request)
     rounds = algorithm.rounds_for(request.rounds)
     mode = mode_of(algorithm)
-    config = {**request.config, "algorithm": algorithm.name, "rounds": rounds, "training": algorithm.training(),
-              **mode}
+    alone = _plan_private_alone(request, mode, statuses) if request.baselines and Private.key in mode else None
+    config = {**request.config, "algorithm": algorithm.name, "features": algorithm.features.spec, "rounds": rounds,
+              "training": algorithm.training(), **mode}
     if Secure.key in mode:
         log.info("secure aggregation: each round only the sum of at least %d sites is unmasked",
                  mode[Secure.key]["threshold"])
@@ -170,8 +182,9 @@ def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: 
         p = mode[Private.key]
         log.info("privacy: this run spends epsilon %.3g per site (delta %g): %d noisy steps per site, noise "
                  "multiplier %.4g", p["epsilon_per_site"], p["delta"], p["noisy_steps_per_site"], p["noise_multiplier"])
-    return _train(sites, algorithm, rounds, State(), config, X_test, y_test, out=request.out,
-                  resilience=request.resilience, baselines=request.baselines, ceiling=ceiling, histogram=histogram)
+    return _train(sites, algorithm, rounds, State(), config, features_of_test_set(algorithm.features, X_test), y_test,
+                  out=request.out, resilience=request.resilience, baselines=request.baselines, ceiling=ceiling,
+                  histogram=histogram, alone=alone)
 
 
 def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.ndarray, *,
@@ -182,9 +195,9 @@ def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.
     log.info("resuming %s after round %d of %d", saved.out, len(saved.history), rounds)
     if len(saved.history) >= rounds:
         log.info("nothing to do: %d of %d rounds already completed", len(saved.history), rounds)
-        return Outcome(saved.params, saved.history)
-    return _train(sites, saved.algorithm, rounds, State(saved.params, saved.history), config, X_test, y_test,
-                  out=saved.out, resilience=resilience)
+        return Outcome(saved.params, saved.history, config=config)
+    return _train(sites, saved.algorithm, rounds, State(saved.params, saved.history), config,
+                  features_of_test_set(saved.algorithm.features, X_test), y_test, out=saved.out, resilience=resilience)
 
 
 def secure_by_default(algorithm: str) -> bool:
@@ -220,19 +233,25 @@ def resume_over(addresses: Sequence, password: Any, saved: Resume, data: str, *,
 
 def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: State, config: dict,
            X_test: np.ndarray, y_test: np.ndarray, *, out: Path | None, resilience: Resilience,
-           baselines: bool = False, ceiling: Callable[[float], dict] | None = None,
-           histogram: Histogram | None = None) -> Outcome:
+           baselines: bool = False, ceiling: Callable[[float, str], dict] | None = None,
+           histogram: Histogram | None = None, alone: dict[str, Algorithm] | None = None) -> Outcome:
+    """Train, score and write (``X_test``: the test set's features on ``algorithm.features``;
+    ``alone``: under DP, each site's planned private run alone, :func:`_plan_private_alone`)."""
     scores: dict = {}
 
     def save(params: dict, history: list[dict]) -> None:
         if out:
-            write_outputs(out, metrics(config, history, scores), params)
+            write_outputs(out, metrics(config, history, scores), params, algorithm.features)
 
     state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
     mode = mode_of(algorithm)
-    if baselines and mode:
-        why = ("under differential privacy a site alone would spend its budget on it" if Private.key in mode else
-               "with secure aggregation no site's own model is revealed")
+    if alone:
+        log.info("baselines: each site alone at epsilon %.3g", next(iter(alone.values())).data["epsilon_per_site"])
+        scores["private_alone"] = reference.private_alone(alone, sites, X_test, y_test, resilience)
+        for name, value in scores["private_alone"].items():
+            log.info("baseline %s alone: %.2f%% (epsilon %.3g)", name, 100 * value["test_accuracy"], value["epsilon"])
+    elif baselines and mode:
+        why = "with secure aggregation no site's own model is revealed"
         log.info("baselines dropped: %s", why)
         scores["dropped"] = why
     elif baselines:
@@ -248,9 +267,9 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     log.info("final global test accuracy %.2f%% (the model of round %d; %d rounds run: %s)",
              100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], len(state.history),
              doc["final"]["stopped"])
-    outcome = Outcome(state.params, state.history, scores)
+    outcome = Outcome(state.params, state.history, scores, config=config)
     if out:
-        write_outputs(out, doc, state.params)
+        write_outputs(out, doc, state.params, algorithm.features)
         write_csv(out / "metrics.csv", state.history)
         counts, rows = histogram or _histogram(state.history, scores, algorithm)
         outcome.report = write_report(out, doc, algorithm, state.params, X_test, y_test, counts, rows)
@@ -258,17 +277,45 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     return outcome
 
 
+def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -> dict[str, Algorithm]:
+    """Under DP, each site alone at the federated run's epsilon (the same recipe, its own noise):
+    planned now, on the sites' budgets as the federated run will leave them, so that a site
+    without the budget for both is refused before anything runs."""
+    plan = mode[Private.key]
+    eps = plan["epsilon_per_site"]
+    asked = dataclasses.replace(request, secure=False, rounds=None, epsilon=eps, settings={})
+    planned, totals = {}, []
+    for status in statuses:
+        name = status["site"]
+        if status["policy"].get("require_secure_aggregation"):
+            raise ConfigError(f"--baselines: {name} requires secure aggregation, which a site alone cannot have: "
+                              "drop --baselines")
+        later = reference.after(status, plan["noise_multiplier"], plan["noisy_steps_per_site"])
+        try:
+            planned[name] = build(request.algorithm, {}, [later], asked)
+        except ConfigError as e:
+            raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to its "
+                              f"budget after this run's: {e} (drop --baselines, or ask for less --epsilon)") from None
+        own = planned[name].data
+        both = reference.after(later, own["noise_multiplier"], own["noisy_steps_per_site"])["epsilon_spent"]
+        totals.append(f"{name} {both:.3g} of {status['policy']['epsilon']:g}")
+    log.info("baselines under DP: each site also trains alone at epsilon %.3g (its own noise), charged to its "
+             "budget; after both runs: %s", eps, ", ".join(totals))
+    return planned
+
+
 def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,
-               resilience: Resilience, ceiling: Callable[[float], dict] | None) -> dict:
+               resilience: Resilience, ceiling: Callable[[float, str], dict] | None) -> dict:
     training = algorithm.training()
     C = training.get("C", ML_EXPERIMENT["C"].default)
     log.info("baselines: each site alone to convergence%s", " and the pooled ceiling" if ceiling else "")
     seed = training.get("seed", ML_EXPERIMENT["seed"].default)
-    scores = {"local_only": reference.local_only(sites, X_test, y_test, C=C, holdout=_holdout(algorithm),
-                                                 seed=seed, resilience=resilience)}
+    scores = {"local_only": reference.local_only(sites, X_test, y_test, features=algorithm.features, C=C,
+                                                 holdout=_holdout(algorithm), seed=seed, resilience=resilience)}
     if ceiling is not None:
-        best = ceiling(C)
-        scores["centralized"] = {"test_accuracy": best["test_accuracy"], "n_iter": best["n_iter"],
+        best = ceiling(C, algorithm.features.name)
+        scores["centralized"] = {"test_accuracy": score(best["params"], X_test, y_test)["accuracy"],
+                                 "n_iter": best["n_iter"],
                                  "note": "pooled shards: computable only in simulation"}
     for name, value in sorted(scores.items()):
         log.info("baseline %s: %s", name, _describe_baseline(value))

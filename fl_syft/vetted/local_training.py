@@ -2,9 +2,10 @@
 
 Shipped to the datasites as *source* (a PySyft code request) and approved only if its
 fingerprint equals the data owner's installed copy, so it is self-contained: imports
-inside, no closures, no project imports (a test checks). Features are pixels/255 on every
-site: averaged coefficients only mean something in one shared feature space, so there is
-no per-site scaler.
+inside, no closures, no project imports (a test checks). It runs on the features the site
+computed once from its rows with a fixed, public feature map (``fl_syft.common.features``),
+the same on every site: averaged coefficients only mean something in one shared feature
+space, so there is no per-site scaler.
 """
 
 
@@ -14,32 +15,34 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
 
     One function, not two: sites approve it by fingerprint, so each vetted function is one
     request and one approval per site and run.
-    data: (n, 785) uint8 shard, 784 pixels (0..255) then the label (0..9).
-    global_params: {} for a cold start, else {"coef": (10, 784), "intercept": (10,)} float64
-        (under differential privacy also "velocity_coef" (10, 784), "velocity_intercept" (10,):
+    data: {"X": (n, width) float32 features of the site's rows (the map ``config["features"]``
+        names), "y": (n,) int64 labels 0..9}.
+    global_params: {} for a cold start, else {"coef": (10, width), "intercept": (10,)} float64
+        (under differential privacy also "velocity_coef" (10, width), "velocity_intercept" (10,):
         the momentum carried from round to round).
     config: complete (the site's guard checks it against ``fl_syft.common.protocol``'s
         ``ML_EXPERIMENT`` / ``ML_EXPERIMENT_DP``, where the keys' meanings, defaults and ranges
-        are, and fills in the defaults). Without DP: "local_iters" (lbfgs iterations), "C"
+        are, and fills in the defaults). Always "features" (the map ``data`` is on). Without DP:
+        "local_iters" (lbfgs iterations), "C"
         (inverse L2 strength), "holdout" (fraction of rows held out to score the received
         model), "seed" (of the holdout split), "logit_adjust" (train with this site's label
         prior in the intercepts, return the model with it removed, i.e. for equal class
         priors). Under DP: "local_steps", "lr" (step size), "momentum", "l2" (L2 strength per
-        row), "frequencies" (k: each step moves the coefficients only within the k x k lowest
-        spatial frequencies (2-D DCT) of the 28 x 28 image; 28 = every pixel),
+        row), "frequencies" (on pixels only: k, each step moves the coefficients only within the
+        k x k lowest spatial frequencies (2-D DCT) of the 28 x 28 image; 28 = every pixel),
         "noise_multiplier" (noise std per step / clipping norm), and "privacy", set by the data
         owner's site (never by the caller): {"clip": L2 norm each row's gradient is clipped to,
         "rows": the site's published noisy row count}.
-    Returns only aggregates. Without DP: "coef" (10, 784) and "intercept" (10,) float64 (rows
+    Returns only aggregates. Without DP: "coef" (10, width) and "intercept" (10,) float64 (rows
     of classes this site lacks are the received ones), "n_samples" (rows trained on),
     "class_counts" (10,), "train_accuracy" (new local model, training rows),
     "holdout_accuracy" (new local model, held-out rows), "global_accuracy" (received model,
     held-out rows; None on a cold start), "seconds" (compute time). Under DP: "coef",
     "intercept", "velocity_coef", "velocity_intercept" (functions of the noisy gradients
     only) and "n_samples" (the published noisy count): every step projects the sum of the
-    rows' clipped gradients onto the k x k frequencies and adds Gaussian noise of std
-    noise_multiplier * clip to each of its coordinates there, drawn from the operating
-    system's entropy; nothing else about the rows is returned.
+    rows' clipped gradients onto the k x k frequencies (on pixels; on other features the whole
+    gradient) and adds Gaussian noise of std noise_multiplier * clip to each of its coordinates
+    there, drawn from the operating system's entropy; nothing else about the rows is returned.
     """
     import time
     import warnings
@@ -48,37 +51,41 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    n_classes, n_features = 10, data.shape[1] - 1
-    labels = data[:, n_features].astype(np.int64)
+    features, labels = data["X"], data["y"]
+    n_classes, n_features = 10, features.shape[1]
 
     def dp_steps() -> dict:
         """``local_steps`` noisy, clipped, momentum gradient steps (record-level DP)."""
         clip, rows = float(config["privacy"]["clip"]), float(config["privacy"]["rows"])
         sigma = float(config["noise_multiplier"])
         rng = np.random.default_rng()  # fresh OS entropy: noise no caller can choose, predict or replay
-        # Orthonormal 2-D DCT-II rows of the k x k lowest frequencies, (k*k, 784). Projecting the
-        # clipped sum (a contraction: sensitivity still clip) and noising only its k*k coordinates
-        # puts k*k/784 of the noise into the model: digits are smooth, so little signal is lost.
-        side, k = int(np.sqrt(n_features)), int(config["frequencies"])
-        grid = np.arange(side)
-        dct = np.sqrt(2.0 / side) * np.cos(np.pi * (grid[None, :] + 0.5) * grid[:, None] / side)
-        dct[0] /= np.sqrt(2.0)
-        basis = np.kron(dct[:k], dct[:k])
+        # On pixels: orthonormal 2-D DCT-II rows of the k x k lowest frequencies, (k*k, 784).
+        # Projecting the clipped sum (a contraction: sensitivity still clip) and noising only its
+        # k*k coordinates puts k*k/784 of the noise into the model: digits are smooth, so little
+        # signal is lost. Other feature maps are no image (scattering: 81 channels of 7 x 7 local
+        # averages, already low-pass): every coordinate is kept and noised.
+        if "frequencies" in config:
+            side, k = int(np.sqrt(n_features)), int(config["frequencies"])
+            grid = np.arange(side)
+            dct = np.sqrt(2.0 / side) * np.cos(np.pi * (grid[None, :] + 0.5) * grid[:, None] / side)
+            dct[0] /= np.sqrt(2.0)
+            basis = np.kron(dct[:k], dct[:k])
+        else:
+            basis = None
         params = {key: np.array(global_params.get(key, np.zeros(shape)), dtype=np.float64)
                   for key, shape in (("coef", (n_classes, n_features)), ("intercept", (n_classes,)),
                                      ("velocity_coef", (n_classes, n_features)), ("velocity_intercept", (n_classes,)))}
         W, b, vW, vb = params["coef"], params["intercept"], params["velocity_coef"], params["velocity_intercept"]
         for _ in range(config["local_steps"]):
-            # The sum of the rows' clipped gradients, 512 rows at a time: a block's pixels are
-            # scaled and used while in cache (a full float copy of the shard makes every pass
-            # memory-bound, 2-3x slower).
+            # The sum of the rows' clipped gradients, 512 rows at a time (a block is used while in cache).
             Wt, b32 = W.T.astype(np.float32), b.astype(np.float32)
             gW, gb = np.zeros((n_classes, n_features)), np.zeros(n_classes)
             for start in range(0, len(labels), 512):
-                X = data[start:start + 512, :n_features].astype(np.float32)
-                X *= np.float32(1.0 / 255.0)
-                # Total for every model the site admits (finite, |entry| <= its model_bound): a logit
-                # is within +-785 * bound, far from float32's limits; the floor at -60 keeps every
+                X = features[start:start + 512]
+                # Total for every model the site admits (finite, |entry| <= its model_bound): every
+                # feature is bounded (pixels in [0, 1]; a group-normalised scattering coefficient
+                # within +-sqrt(147)), so a logit is within +-(width + 1) * 13 * bound, far from
+                # float32's limits; the floor at -60 keeps every
                 # probability, product and square out of subnormal numbers (a slow path whose time
                 # would depend on the rows); a row whose gradient is still not finite contributes
                 # zero (clipping fails closed).
@@ -96,7 +103,10 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                 P[~finite] = 0.0
                 gW += P.T @ X
                 gb += P.sum(axis=0, dtype=np.float64)
-            gW = (gW @ basis.T + rng.normal(0.0, sigma * clip, (n_classes, k * k))) @ basis
+            if basis is None:
+                gW += rng.normal(0.0, sigma * clip, gW.shape)
+            else:
+                gW = (gW @ basis.T + rng.normal(0.0, sigma * clip, (n_classes, len(basis)))) @ basis
             gb += rng.normal(0.0, sigma * clip, b.shape)
             vW = config["momentum"] * vW + gW / rows + config["l2"] * W
             vb = config["momentum"] * vb + gb / rows
@@ -109,9 +119,8 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         order = np.random.default_rng(config["seed"]).permutation(len(labels))
         n_holdout = int(len(labels) * config["holdout"])
         held, train = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
-        # Select rows while still uint8, then scale: no full-size float copy to index again.
-        X, y = data[train, :n_features] / 255.0, labels[train]
-        X_held, y_held = data[held, :n_features] / 255.0, labels[held]
+        X, y = features[train], labels[train]
+        X_held, y_held = features[held], labels[held]
         class_counts = np.bincount(y, minlength=n_classes)
         present = np.flatnonzero(class_counts)
 
@@ -121,10 +130,11 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         else:
             coef, intercept = np.zeros((n_classes, n_features)), np.zeros(n_classes)
 
-        def accuracy(c, b, features, targets):
+        def accuracy(c, b, X, targets):
             if len(targets) == 0:
                 return None
-            return float(np.mean(np.argmax(features @ c.T + b, axis=1) == targets))
+            # In X's float32: a float64 product would first copy all of X to float64.
+            return float(np.mean(np.argmax(X @ c.T.astype(X.dtype) + b, axis=1) == targets))
 
         global_accuracy = accuracy(coef, intercept, X_held, y_held) if global_params else None
 

@@ -8,9 +8,11 @@ resumed run exactly the algorithm it ran with.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fl_syft.common.errors import ConfigError
+from fl_syft.common.features import from_spec
 from fl_syft.scientist.algorithms.base import Algorithm, RoundAlgorithm, State, Wrapper, settings_names
 from fl_syft.scientist.algorithms.fedavg import FedAvg
 from fl_syft.scientist.algorithms.lbfgs import Lbfgs
@@ -24,10 +26,11 @@ WRAPPERS: tuple[type[Wrapper], ...] = (Secure, Private)
 
 def build(name: str, given: dict[str, Any], statuses: list[dict], asked: Any) -> Algorithm:
     """Algorithm ``name`` with the ``given`` settings (flat: the algorithm's and the wrappers'),
-    wrapped as the sites' published ``statuses`` and the run request ``asked`` (its ``epsilon``,
-    ``secure``, ``rounds``, ``settings``) make it run; ConfigError if it cannot run there."""
+    on the request ``asked``'s ``features``, wrapped as the sites' published ``statuses`` and the
+    request (its ``epsilon``, ``secure``, ``rounds``, ``settings``) make it run; ConfigError if it
+    cannot run there."""
     cls = REGISTRY[name]
-    inner = cls(cls.settings_type(**{k: v for k, v in given.items() if k in settings_names(cls)}))
+    inner = cls(cls.settings_type(**{k: v for k, v in given.items() if k in settings_names(cls)}), asked.features)
     mode: dict[str, dict] = {}
     for wrapper in WRAPPERS:
         data = wrapper.plan(inner, statuses, asked, mode)
@@ -61,7 +64,9 @@ def rebuild(config: dict) -> Algorithm:
     and its mode (under DP with its saved plan: a resumed run keeps its noise)."""
     cls = REGISTRY[config.get("algorithm", "fedavg")]
     own = {k: v for k, v in config["training"].items() if k in settings_names(cls)}
-    return compose(cls(cls.settings_type(**own)), {w.key: config[w.key] for w in WRAPPERS if config.get(w.key)})
+    features = from_spec(json.dumps(config["features"])).name if "features" in config else "pixels"  # older runs
+    return compose(cls(cls.settings_type(**own), features),
+                   {w.key: config[w.key] for w in WRAPPERS if config.get(w.key)})
 
 
 def setting_owners(name: str) -> list[type]:

@@ -26,7 +26,9 @@ import numpy as np
 
 from fl_syft.common import secagg
 from fl_syft.common.errors import ConfigError
-from fl_syft.common.protocol import Schema, out_of_range
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
+from fl_syft.common.features import feature_map
+from fl_syft.common.protocol import Schema, model_shapes, out_of_range
 from fl_syft.scientist.rounds import Calls, Resilience, Site, call_sites
 
 OnRound = Callable[[dict, list[dict]], None]  # (global params, history so far), after every round
@@ -72,15 +74,22 @@ class Algorithm(ABC):
     private_refusal: ClassVar[str | None] = "it has no private form"
     plain_only: ClassVar[tuple[str, ...]] = ()  # settings that do not apply under the sites' DP
 
-    def __init__(self, settings: Any = None):
+    def __init__(self, settings: Any = None, features: str = DEFAULT_FEATURES):
         self.settings = settings if settings is not None else self.settings_type()
         self.settings.check()
+        self.features = feature_map(features)  # the fixed map the model is on: its width sets every shape
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The model's arrays and their shapes on this run's features."""
+        return model_shapes(self.features.width)
 
     @abstractmethod
     def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, rounds: int,
             state: State = State(), on_round: OnRound | None = None,
-            resilience: Resilience = Resilience()) -> State:
-        """Train up to round ``rounds``, continuing ``state``; return the state after the last round."""
+            resilience: Resilience = Resilience(), echo: bool = True) -> State:
+        """Train up to round ``rounds``, continuing ``state``; return the state after the last round
+        (``X_test``: the test set's features; ``echo``: print a line per round)."""
 
     def rounds_for(self, asked: int | None) -> int:
         """The rounds a run makes: ``asked``, or this algorithm's default."""
@@ -189,11 +198,11 @@ class RoundAlgorithm(Algorithm):
 
     def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, rounds: int,
             state: State = State(), on_round: OnRound | None = None,
-            resilience: Resilience = Resilience()) -> State:
+            resilience: Resilience = Resilience(), echo: bool = True) -> State:
         from fl_syft.scientist.runner import run_rounds
 
         return run_rounds(self, sites, X_test, y_test, rounds=rounds, state=state, on_round=on_round,
-                          resilience=resilience)
+                          resilience=resilience, echo=echo)
 
 
 class Wrapper(RoundAlgorithm):
@@ -211,7 +220,7 @@ class Wrapper(RoundAlgorithm):
         self.name, self.function, self.functions = inner.name, inner.function, inner.functions
         self.title, self.needs_every_site = inner.title + self.suffix, inner.needs_every_site
         self.summed, self.default_rounds, self.rounds_label = inner.summed, inner.default_rounds, inner.rounds_label
-        super().__init__(settings)
+        super().__init__(settings, inner.features.name)
 
     @classmethod
     def wraps(cls, algorithm: type[Algorithm]) -> bool:

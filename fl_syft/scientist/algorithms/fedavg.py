@@ -14,13 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
 from fl_syft.common.model import N_CLASSES
-from fl_syft.common.protocol import ML_EXPERIMENT, MODEL_SHAPES
+from fl_syft.common.protocol import ML_EXPERIMENT
 from fl_syft.scientist.aggregate import validate_result
 from fl_syft.scientist.algorithms.base import RoundAlgorithm, Summed, check_against, describe_settings, setting
 from fl_syft.vetted.local_training import ml_experiment
 
-PLAIN_ONLY = tuple(k.name for k in ML_EXPERIMENT.keys if k.name != "C")  # only the sites' lbfgs round takes
+# Only the sites' lbfgs round takes these ("features" is the run's, C the DP form reads too).
+PLAIN_ONLY = tuple(k.name for k in ML_EXPERIMENT.keys if k.name not in ("C", "features"))
+
+
+SETTINGS = (*PLAIN_ONLY, "C")  # the schema's keys that are settings of FedAvg's (not "features": the run's)
 
 
 def _schema_setting(name: str, label: str | None = None, prefix: str = "no DP: ") -> object:
@@ -47,7 +52,7 @@ class FedAvgSettings:
     def resolved(self) -> FedAvgSettings:
         """These settings with ``ml_experiment``'s defaults filled in."""
         return dataclasses.replace(self, **{k: v for k, v in ML_EXPERIMENT.defaults().items()
-                                            if getattr(self, k) is None})
+                                            if k in SETTINGS and getattr(self, k) is None})
 
 
 class FedAvg(RoundAlgorithm):
@@ -60,21 +65,24 @@ class FedAvg(RoundAlgorithm):
     rounds_help = "5, under DP 12, with secure aggregation 80"
     private_refusal = None  # the DP wrapper turns it into noisy gradient steps
     plain_only = PLAIN_ONLY
-    # Class row k is summed weighted by the rows of the sites holding class k ("held_rows").
-    summed = Summed(MODEL_SHAPES, "held_rows", (N_CLASSES,))
+    def __init__(self, settings: FedAvgSettings | None = None, features: str = DEFAULT_FEATURES):
+        super().__init__(settings, features)
+        # Class row k is summed weighted by the rows of the sites holding class k ("held_rows").
+        self.summed = Summed(self.shapes, "held_rows", (N_CLASSES,))
 
     def configure(self, params: dict) -> tuple[dict, dict]:
         s = self.settings.resolved()
-        model = {key: params[key] for key in MODEL_SHAPES if key in params}  # what the sites take; state stays here
-        return model, {k.name: k.kind(getattr(s, k.name)) for k in ML_EXPERIMENT.keys}  # plain types: PySyft checks
+        model = {key: params[key] for key in self.shapes if key in params}  # what the sites take; state stays here
+        config = {name: ML_EXPERIMENT[name].kind(getattr(s, name)) for name in SETTINGS}  # plain types: PySyft checks
+        return model, {**config, "features": self.features.name}
 
     def validate(self, site: str, result: object) -> None:
-        validate_result(site, result)
+        validate_result(site, result, self.features.width)
 
     def aggregate(self, params: dict, sums: dict[str, np.ndarray]) -> dict:
         """Class row k: the sum over the sites holding class k, divided by their rows; a class no
         site holds keeps the received row (every site returned it unchanged)."""
-        previous = params or {key: np.zeros(shape) for key, shape in MODEL_SHAPES.items()}
+        previous = params or {key: np.zeros(shape) for key, shape in self.shapes.items()}
         held = sums["weight"] > 0.5
         weight = np.where(held, sums["weight"], 1.0)
         return {"coef": np.where(held[:, None], sums["coef"] / weight[:, None], previous["coef"]),

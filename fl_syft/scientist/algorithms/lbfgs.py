@@ -56,7 +56,7 @@ class Lbfgs(Algorithm):
 
     def run(self, sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, rounds: int,
             state: State = State(), on_round: OnRound | None = None,
-            resilience: Resilience = Resilience()) -> State:
+            resilience: Resilience = Resilience(), echo: bool = True) -> State:
         """At most ``rounds`` rounds (objective evaluations), from scratch (not resumable). The
         model returned is the optimizer's last accepted point (an evaluated one: a line search's
         trial points after it are rounds that ran, and are recorded, but not the answer);
@@ -65,7 +65,7 @@ class Lbfgs(Algorithm):
         cfg, res = self.settings, resilience
         history: list[dict] = []
         evaluated: list[np.ndarray] = []
-        accepted = [model.flatten(model.zeros())]
+        accepted = [model.flatten(model.zeros(self.features.width))]
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             if len(history) == rounds:
@@ -73,8 +73,9 @@ class Lbfgs(Algorithm):
             rnd = len(history) + 1
             params = model.unflatten(theta)
             started = time.perf_counter()
-            calls, _ = call_sites(pool, sites, lr_loss_grad.__name__, params, {}, res, rnd, validate_gradient)
-            total = sum_gradients({name: result for name, (result, _) in calls.items()})
+            calls, _ = call_sites(pool, sites, lr_loss_grad.__name__, params, {"features": self.features.name}, res,
+                                  rnd, lambda site, result: validate_gradient(site, result, self.features.width))
+            total = sum_gradients({name: result for name, (result, _) in calls.items()}, self.features.width)
             n = total["n_samples"]
             W = params["coef"]
             value = (total["loss"] + 0.5 * np.sum(W * W) / cfg.C) / n
@@ -84,7 +85,8 @@ class Lbfgs(Algorithm):
             history.append(record)
             evaluated.append(theta.copy())
             bar.update()
-            tqdm.write(format_round(record) + f"  objective {value:.6f}")
+            if echo:
+                tqdm.write(format_round(record) + f"  objective {value:.6f}")
             if on_round:
                 on_round(params, history)
             return value, grad
