@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import SCENARIO_HELP, SCENARIOS
-from fl_syft.common.policy import DEFAULT_EPSILON
+from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
 from fl_syft.flags import (
     PARTITION_DEFAULTS,
     Parser,
@@ -260,13 +260,13 @@ def _demo_budget(args: argparse.Namespace) -> argparse.Namespace:
     if args.no_dp or args.baselines is False or args.dp_epsilon is not None:
         return args
     from fl_syft.common.accounting import composed
-    from fl_syft.common.policy import default_delta
     from fl_syft.owner.policy import OwnerPolicy
 
     per_run = DEFAULT_EPSILON if args.epsilon is None else args.epsilon
-    delta = args.dp_delta or default_delta(60_000)  # a site's delta is at most this for any MNIST shard
+    # The largest delta a site can have: two spends of epsilon compose to the most there.
+    delta = args.dp_delta or DEFAULT_DELTA
     count = OwnerPolicy().privacy.count_noise  # the row count each site publishes once
-    budget = composed([per_run, per_run], delta, [count]) * (1 + 1e-6)
+    budget = composed([per_run, per_run], delta, [count]) * (1 + 1e-4)
     log.info("demo: each site's budget is epsilon %.3g: the federated run and the site alone each spend %g "
              "(composed, with the published row count; not a sum)", budget, per_run)
     return argparse.Namespace(**{**vars(args), "dp_epsilon": budget, "epsilon": per_run})

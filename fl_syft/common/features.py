@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT = "scattering"
 BATCH = 500  # images per scattering call: ~1 ms each, memory ~0.3 MB each while computing
+BOUND = float(np.sqrt(147))  # |feature| at most: pixels in [0, 1]; a group of 147 values normalised to unit variance
 
 
 @dataclass(frozen=True)
@@ -79,15 +80,18 @@ def _scattering(fmap: FeatureMap, pixels: np.ndarray) -> np.ndarray:
     grouped = coeffs.reshape(len(images), spec["groups"], -1).astype(np.float64)
     grouped -= grouped.mean(axis=2, keepdims=True)
     grouped /= np.sqrt(grouped.var(axis=2, keepdims=True) + spec["eps"])
+    # No tiny nonzero features: their products in a DP step would be subnormal floats (a slow CPU
+    # path, so a step's time would depend on the rows). Affects ~1e-5 of the entries.
+    grouped[np.abs(grouped) < spec["floor"]] = 0.0
     return grouped.reshape(len(images), -1).astype(np.float32)
 
 
 _TRANSFORMS = {"pixels": _pixels, "scattering": _scattering}
 
 MAPS: dict[str, FeatureMap] = {
-    "scattering": FeatureMap("scattering", {"name": "scattering", "version": 1, "J": 2, "L": 8, "shape": [28, 28],
-                                            "input": "pixels/255", "norm": "group", "groups": 27, "eps": 1e-05},
-                             81 * 7 * 7),
+    "scattering": FeatureMap("scattering", {"name": "scattering", "version": 2, "J": 2, "L": 8, "shape": [28, 28],
+                                            "input": "pixels/255", "norm": "group", "groups": 27, "eps": 1e-05,
+                                            "floor": 1e-05}, 81 * 7 * 7),
     "pixels": FeatureMap("pixels", {"name": "pixels", "version": 1, "input": "pixels/255"}, 28 * 28),
 }
 
@@ -119,18 +123,21 @@ def rows_sha256(pixels: np.ndarray) -> str:
 
 def cached(fmap: FeatureMap, pixels: np.ndarray, directory: Path | None, what: str) -> np.ndarray:
     """:meth:`FeatureMap.transform` of ``pixels``, computed once: kept in ``directory`` (owner-only, 0700/0600) as
-    ``<sha256 of the images>-<spec digest>.npy`` and read back from there after. ``what`` names the images
+    ``<first 32 hex digits of the images' SHA-256>-<spec digest>.npy`` and read back from there after (if
+    finite and within ``BOUND``: else computed again). Read-only. ``what`` names the images
     on the progress bar. Pixels are never cached (computing them is as fast as reading them)."""
     path = None if directory is None or fmap.name == "pixels" else \
         directory / f"{rows_sha256(pixels)[:32]}-{fmap.digest}.npy"
     if path is not None and path.exists():
         try:
             features = np.load(path, allow_pickle=False)
-            if features.shape == (len(pixels), fmap.width) and features.dtype == np.float32:
-                return features
+            if features.shape == (len(pixels), fmap.width) and features.dtype == np.float32 \
+                    and bool(np.all(np.abs(features) <= BOUND)):  # finite and bounded, as the guard relies on
+                return _read_only(features)
         except (OSError, ValueError):
             pass
-        log.warning("%s: the cached %s features in %s are unreadable; computing them again", what, fmap.name, path)
+        log.warning("%s: the cached %s features in %s are unreadable or not what this map computes; computing "
+                    "them again", what, fmap.name, path)
     started = time.perf_counter()
     with tqdm(total=len(pixels), desc=f"{fmap.name} features, {what}", unit="img", leave=False,
               disable=len(pixels) < 5 * BATCH or None) as bar:
@@ -139,4 +146,10 @@ def cached(fmap: FeatureMap, pixels: np.ndarray, directory: Path | None, what: s
         save_private_array(path, features)
         log.info("%s: %s features of %d images computed in %.0f s (kept in %s)", what, fmap.name, len(pixels),
                  time.perf_counter() - started, directory)
-    return features
+    return _read_only(features)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Shared by every call of a site: nothing may write to it."""
+    array.flags.writeable = False
+    return array

@@ -45,7 +45,7 @@ class PrivacyPolicy:
     min_rows: int = 50
     count_noise: float = 100.0
     model_bound: float = 1e4
-    storage_quota_mb: float = 4096.0  # ~3000 calls on scattering features (1.3 MB kept per call)
+    storage_quota_mb: float = 4096.0  # ~2000 DP calls on scattering features (~1.9 MiB kept per call and model)
     peers: dict = field(default_factory=dict)
     threshold: int | None = None
     require_secure_aggregation: bool = False

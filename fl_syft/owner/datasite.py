@@ -165,7 +165,7 @@ def run_site(spec: SiteSpec) -> None:
     rows = len(private)
     if shard is not None:  # what the ledger belongs to: these rows, whichever deployment serves them
         write_json(spec.dir / "data.json", {"sha256": shard_sha256(shard), "rows": rows})
-    shard_path.unlink(missing_ok=True)  # the datasite holds it now; no second copy on disk
+    shard_path.unlink(missing_ok=True)  # the datasite holds it now (its features stay in <state root>/features/)
     del shard
 
     syft_patches.keep_decoded_arrays()

@@ -3,25 +3,30 @@
 - local-only: each site trains alone to convergence (the "before federation" number). It
   runs through the site's own approved ``ml_experiment`` (cold start, many iterations), so
   in a PySyft run the data scientist receives only that site's model, as in any round.
-- private alone (under the sites' DP): each site alone at the federated run's epsilon, the
-  same DP recipe with only its own rows and its own noise. It is a second private run at
-  every site, charged to its budget like any: ``plan_private_alone`` plans it before the
-  federated run starts, so a site without the budget for both is refused before anything runs.
+- private alone (under the sites' DP): each site alone at the federated run's epsilon, with
+  the run's DP settings (without secure aggregation: its own noise, the default steps per
+  round), on only its own rows. It is a second private run at every site, charged to its
+  budget like any: ``scientist.runs`` plans it before the federated run starts (a site without
+  the budget for both is refused before anything runs) and again from the ledgers just before
+  it runs.
 The centralized ceiling (one model on the pooled shards) is computable only where pooling is
 legitimate, so it lives with the simulation (``fl_syft.simulate.centralized``), not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from fl_syft.common.errors import FlSyftError
 from fl_syft.common.features import FeatureMap
-from fl_syft.common.protocol import ML_EXPERIMENT, PRIVACY_KEY
+from fl_syft.common.protocol import ML_EXPERIMENT
 from fl_syft.scientist.aggregate import validate_result
 from fl_syft.scientist.algorithms import Algorithm, mode_of
+from fl_syft.scientist.algorithms.private import Private
 from fl_syft.scientist.evaluate import score
 from fl_syft.scientist.rounds import Resilience, Site, call_sites
 from fl_syft.vetted.local_training import ml_experiment
@@ -65,19 +70,24 @@ def after(status: dict, noise_multiplier: float, releases: int) -> dict:
 
 def private_alone(algorithms: dict[str, Algorithm], sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray,
                   resilience: Resilience = Resilience()) -> dict[str, dict]:
-    """{site: {"test_accuracy", "epsilon", "n_samples" (its published noisy row count), "rounds",
-    "noisy_steps"}}: each site's planned private run alone
-    (``algorithms``: site -> its algorithm, planned for it alone), all sites at once."""
+    """{site: {"test_accuracy", "epsilon", "noise_multiplier", "noisy_steps", "rounds", "settings",
+    "n_samples" (its published noisy row count)} or {"error": why}}: each site's planned private run
+    alone (``algorithms``: site -> its algorithm, planned for it alone), all sites at once; a site
+    whose run fails is reported as such and the others go on."""
     by_name = {site.name: site for site in sites}
+    alone_rule = dataclasses.replace(resilience, min_sites=None)  # one site: the run's --min-sites cannot apply
 
     def alone(name: str) -> dict:
         algorithm = algorithms[name]
         rounds = algorithm.rounds_for(None)
-        state = algorithm.run([by_name[name]], X_test, y_test, rounds=rounds, resilience=resilience, echo=False)
-        plan = mode_of(algorithm)[PRIVACY_KEY]
+        plan = mode_of(algorithm)[Private.key]
+        try:
+            state = algorithm.run([by_name[name]], X_test, y_test, rounds=rounds, resilience=alone_rule, echo=False)
+        except FlSyftError as e:
+            return {"error": str(e), "epsilon": plan["epsilon_per_site"]}
         return {"test_accuracy": score(state.params, X_test, y_test)["accuracy"], "epsilon": plan["epsilon_per_site"],
-                "n_samples": plan["sites"][name]["rows"], "rounds": rounds,
-                "noisy_steps": plan["noisy_steps_per_site"]}
+                "noise_multiplier": plan["noise_multiplier"], "noisy_steps": plan["noisy_steps_per_site"],
+                "rounds": rounds, "settings": plan["settings"], "n_samples": plan["sites"][name]["rows"]}
 
     with ThreadPoolExecutor(max_workers=len(algorithms)) as pool:
         return dict(zip(algorithms, pool.map(alone, algorithms), strict=True))

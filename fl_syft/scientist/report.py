@@ -39,8 +39,9 @@ def alone_baselines(baselines: dict) -> tuple[dict, str]:
     """(site -> its alone baseline, how to name it): under DP each site alone at the run's epsilon,
     else each site alone without DP (local-only); ({}, "") when there are none."""
     if baselines.get("private_alone"):
+        ran = {site: v for site, v in baselines["private_alone"].items() if "error" not in v}  # failed: said apart
         eps = next(iter(baselines["private_alone"].values()))["epsilon"]
-        return baselines["private_alone"], f"site alone at epsilon {eps:.3g} (its own noise)"
+        return ran, f"site alone at epsilon {eps:.3g} (its own noise)" if ran else ""
     if baselines.get("local_only"):
         return baselines["local_only"], "local-only (site alone)"
     return {}, ""
@@ -229,11 +230,14 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
         lines.append(f"| {site}: {label}, {v['n_samples']} rows | {100 * v['test_accuracy']:.2f}% "
                      f"(federated {100 * (final['global_test_accuracy'] - v['test_accuracy']):+.2f} pp) |")
     if baselines.get("private_alone"):
-        lines += ["", "Each site alone is a second private run at every site, at the same epsilon as the federated "
-                      "run and charged to the same budget (planned and checked before the federated run started); "
-                      "the epsilon spent below is both runs composed."]
+        failed = {site: v["error"] for site, v in baselines["private_alone"].items() if "error" in v}
+        lines += [*(f"| {site}: alone | failed: {why} |" for site, why in sorted(failed.items())), "",
+                  "Each site alone is a second private run at every site, at the same epsilon as the federated "
+                  "run with its DP settings (without secure aggregation: the site's own noise), charged to the same "
+                  "budget (planned and checked before the federated run started); the epsilon spent below is both "
+                  "runs composed."]
     if baselines.get("dropped"):
-        lines += ["", f"Local-only baselines: not run ({baselines['dropped']})."]
+        lines += ["", f"Baselines: not run ({baselines['dropped']})."]
     if baselines.get("centralized"):
         lines += ["", f"The {CENTRALIZED} is {CENTRALIZED_NOTE}."]
     if cfg.get("privacy"):

@@ -234,9 +234,9 @@ def resume_over(addresses: Sequence, password: Any, saved: Resume, data: str, *,
 def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: State, config: dict,
            X_test: np.ndarray, y_test: np.ndarray, *, out: Path | None, resilience: Resilience,
            baselines: bool = False, ceiling: Callable[[float, str], dict] | None = None,
-           histogram: Histogram | None = None, alone: dict[str, Algorithm] | None = None) -> Outcome:
+           histogram: Histogram | None = None, alone: RunRequest | None = None) -> Outcome:
     """Train, score and write (``X_test``: the test set's features on ``algorithm.features``;
-    ``alone``: under DP, each site's planned private run alone, :func:`_plan_private_alone`)."""
+    ``alone``: under DP, the request each site alone runs with, :func:`_plan_private_alone`)."""
     scores: dict = {}
 
     def save(params: dict, history: list[dict]) -> None:
@@ -246,10 +246,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
     mode = mode_of(algorithm)
     if alone:
-        log.info("baselines: each site alone at epsilon %.3g", next(iter(alone.values())).data["epsilon_per_site"])
-        scores["private_alone"] = reference.private_alone(alone, sites, X_test, y_test, resilience)
-        for name, value in scores["private_alone"].items():
-            log.info("baseline %s alone: %.2f%% (epsilon %.3g)", name, 100 * value["test_accuracy"], value["epsilon"])
+        _alone_baselines(scores, alone, sites, X_test, y_test, resilience)
     elif baselines and mode:
         why = "with secure aggregation no site's own model is revealed"
         log.info("baselines dropped: %s", why)
@@ -277,14 +274,38 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     return outcome
 
 
-def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -> dict[str, Algorithm]:
-    """Under DP, each site alone at the federated run's epsilon (the same recipe, its own noise):
-    planned now, on the sites' budgets as the federated run will leave them, so that a site
-    without the budget for both is refused before anything runs."""
+def _alone_baselines(scores: dict, request: RunRequest, sites: Sequence[Site], X_test: np.ndarray,
+                     y_test: np.ndarray, resilience: Resilience) -> None:
+    """Each site alone under DP, planned again from what the ledgers hold now (a retried call or
+    another account may have spent more than the federated run planned); if any site no longer
+    has the budget, none runs and the scores say why."""
+    eps = request.epsilon
+    try:
+        replanned = {site.name: build(request.algorithm, request.settings, [site.privacy()], request) for site in sites}
+    except ConfigError as e:
+        scores["dropped"] = f"each site alone at epsilon {eps:.3g} no longer fits a site's budget: {e}"
+        log.warning("baselines dropped: %s", scores["dropped"])
+        return
+    log.info("baselines: each site alone at epsilon %.3g", eps)
+    scores["private_alone"] = reference.private_alone(replanned, sites, X_test, y_test, resilience)
+    for name, value in scores["private_alone"].items():
+        if "error" in value:
+            log.warning("baseline %s alone failed: %s", name, value["error"])
+        else:
+            log.info("baseline %s alone: %.2f%% (epsilon %.3g)", name, 100 * value["test_accuracy"], value["epsilon"])
+
+
+def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -> RunRequest:
+    """Under DP, each site alone at the federated run's epsilon (its DP settings, without secure
+    aggregation: its own noise): planned now, on the sites' budgets as the federated run will
+    leave them, so that a site without the budget for both is refused before anything runs.
+    Returns the request each site alone runs with."""
     plan = mode[Private.key]
     eps = plan["epsilon_per_site"]
-    asked = dataclasses.replace(request, secure=False, rounds=None, epsilon=eps, settings={})
-    planned, totals = {}, []
+    # The run's own DP settings, except the one step per round that secure aggregation forces.
+    kept = {k: v for k, v in request.settings.items() if k != "local_steps" or Secure.key not in mode}
+    asked = dataclasses.replace(request, secure=False, rounds=None, epsilon=eps, settings=kept)
+    totals = []
     for status in statuses:
         name = status["site"]
         if status["policy"].get("require_secure_aggregation"):
@@ -292,16 +313,15 @@ def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -
                               "drop --baselines")
         later = reference.after(status, plan["noise_multiplier"], plan["noisy_steps_per_site"])
         try:
-            planned[name] = build(request.algorithm, {}, [later], asked)
+            own = build(request.algorithm, asked.settings, [later], asked).data
         except ConfigError as e:
             raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to its "
                               f"budget after this run's: {e} (drop --baselines, or ask for less --epsilon)") from None
-        own = planned[name].data
         both = reference.after(later, own["noise_multiplier"], own["noisy_steps_per_site"])["epsilon_spent"]
         totals.append(f"{name} {both:.3g} of {status['policy']['epsilon']:g}")
     log.info("baselines under DP: each site also trains alone at epsilon %.3g (its own noise), charged to its "
              "budget; after both runs: %s", eps, ", ".join(totals))
-    return planned
+    return asked
 
 
 def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,

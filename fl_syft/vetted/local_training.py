@@ -119,10 +119,19 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         order = np.random.default_rng(config["seed"]).permutation(len(labels))
         n_holdout = int(len(labels) * config["holdout"])
         held, train = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
-        X, y = features[train], labels[train]
+        y = labels[train]
         X_held, y_held = features[held], labels[held]
         class_counts = np.bincount(y, minlength=n_classes)
         present = np.flatnonzero(class_counts)
+        # Fit on every row, the held-out ones weighted 0: scikit-learn divides by the weights'
+        # sum, so it is the training rows' objective, without a copy of them (~450 MB on 30k rows
+        # of scattering features). A class only among the held-out rows would be fitted too:
+        # then the training rows are copied.
+        if np.array_equal(np.unique(labels), present):
+            X_fit, y_fit, weight = features, labels, np.ones(len(labels), features.dtype)
+            weight[held] = 0.0
+        else:
+            X_fit, y_fit, weight = features[train], y, None
 
         if global_params:
             coef = np.array(global_params["coef"], dtype=np.float64)
@@ -130,11 +139,12 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
         else:
             coef, intercept = np.zeros((n_classes, n_features)), np.zeros(n_classes)
 
-        def accuracy(c, b, X, targets):
+        def accuracy(c, b, X, targets, weight=None):
             if len(targets) == 0:
                 return None
             # In X's float32: a float64 product would first copy all of X to float64.
-            return float(np.mean(np.argmax(X @ c.T.astype(X.dtype) + b, axis=1) == targets))
+            correct = np.argmax(X @ c.T.astype(X.dtype) + b, axis=1) == targets
+            return float(np.mean(correct) if weight is None else np.mean(correct[weight > 0]))
 
         global_accuracy = accuracy(coef, intercept, X_held, y_held) if global_params else None
 
@@ -156,7 +166,7 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
                     clf.coef_, clf.intercept_ = coef[present].copy(), intercept[present].copy()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(X, y)
+                clf.fit(X_fit, y_fit, sample_weight=weight)
             if binary:
                 # Keep the pair's mean and set their difference to the binary weights.
                 mean_c, mean_b = coef[present].mean(axis=0), intercept[present].mean()
@@ -171,7 +181,7 @@ def ml_experiment(data, global_params: dict, config: dict) -> dict:
             "intercept": intercept,
             "n_samples": int(len(y)),
             "class_counts": class_counts,
-            "train_accuracy": accuracy(coef, intercept, X, y),
+            "train_accuracy": accuracy(coef, intercept, X_fit, y_fit, weight),
             "holdout_accuracy": accuracy(coef, intercept, X_held, y_held),
             "global_accuracy": global_accuracy,
             "seconds": time.perf_counter() - started,

@@ -62,7 +62,8 @@ class FedAvg(RoundAlgorithm):
     function = ml_experiment.__name__
     settings_type = FedAvgSettings
     default_rounds = 5
-    rounds_help = "5, under DP 12, with secure aggregation 80"
+    rounds_help = ("5; under DP planned from the epsilon (scattering at 1: 100 noisy steps, 10 per round, or 1 "
+                   "with secure aggregation; pixels: 12, with secure aggregation 80)")
     private_refusal = None  # the DP wrapper turns it into noisy gradient steps
     plain_only = PLAIN_ONLY
     def __init__(self, settings: FedAvgSettings | None = None, features: str = DEFAULT_FEATURES):
