@@ -131,8 +131,7 @@ def cached(fmap: FeatureMap, pixels: np.ndarray, directory: Path | None, what: s
     if path is not None and path.exists():
         try:
             features = np.load(path, allow_pickle=False)
-            if features.shape == (len(pixels), fmap.width) and features.dtype == np.float32 \
-                    and bool(np.all(np.abs(features) <= BOUND)):  # finite and bounded, as the guard relies on
+            if features.shape == (len(pixels), fmap.width) and features.dtype == np.float32 and _bounded(features):
                 return _read_only(features)
         except (OSError, ValueError):
             pass
@@ -147,6 +146,13 @@ def cached(fmap: FeatureMap, pixels: np.ndarray, directory: Path | None, what: s
         log.info("%s: %s features of %d images computed in %.0f s (kept in %s)", what, fmap.name, len(pixels),
                  time.perf_counter() - started, directory)
     return _read_only(features)
+
+
+def _bounded(features: np.ndarray) -> bool:
+    """Every entry finite and within ``BOUND`` (as the guard relies on), checked a block at a time
+    (a whole-array temporary would double the site's memory while it starts); NaN fails."""
+    return all(bool(np.abs(features[start:start + 4096]).max(initial=0.0) <= BOUND)
+               for start in range(0, len(features), 4096))
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
