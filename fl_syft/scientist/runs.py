@@ -259,7 +259,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
         doc["final"]["epsilon_spent"] = {s["site"]: {"epsilon": s["epsilon_spent"], "delta": s["policy"]["delta"],
                                                      "of": s["policy"]["epsilon"]}
                                          for s in (site.privacy() for site in sites)}
-        log.info("epsilon spent per site: %s", ", ".join(f"{k} {v['epsilon']:.3g} of {v['of']:g}"
+        log.info("epsilon spent per site: %s", ", ".join(f"{k} {v['epsilon']:.4g} of {v['of']:.4g}"
                                                           for k, v in doc["final"]["epsilon_spent"].items()))
     log.info("final global test accuracy %.2f%% (the model of round %d; %d rounds run: %s)",
              100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], len(state.history),
@@ -318,7 +318,7 @@ def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -
             raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to its "
                               f"budget after this run's: {e} (drop --baselines, or ask for less --epsilon)") from None
         both = reference.after(later, own["noise_multiplier"], own["noisy_steps_per_site"])["epsilon_spent"]
-        totals.append(f"{name} {both:.3g} of {status['policy']['epsilon']:g}")
+        totals.append(f"{name} {both:.4g} of {status['policy']['epsilon']:.4g}")
     log.info("baselines under DP: each site also trains alone at epsilon %.3g (its own noise), charged to its "
              "budget; after both runs: %s", eps, ", ".join(totals))
     return asked
