@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fl_syft.common.errors import ConfigError
-from fl_syft.common.files import save_private_array
+from fl_syft.common.files import array_sha256, save_private_array
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _scattering(fmap: FeatureMap, pixels: np.ndarray) -> np.ndarray:
     key = (spec["J"], spec["L"])
     if key not in _SCATTERING:
         _SCATTERING[key] = Scattering2D(J=spec["J"], shape=(28, 28), L=spec["L"])
-    images = pixels.reshape(-1, 28, 28).astype(np.float32) * np.float32(1.0 / 255.0)
+    images = _pixels(fmap, pixels).reshape(-1, 28, 28)  # the spec's input: pixels/255
     coeffs = _SCATTERING[key](images)  # (n, channels, 7, 7) float32
     grouped = coeffs.reshape(len(images), spec["groups"], -1).astype(np.float64)
     grouped -= grouped.mean(axis=2, keepdims=True)
@@ -116,18 +116,13 @@ def from_spec(text: str) -> FeatureMap:
     return fmap
 
 
-def rows_sha256(pixels: np.ndarray) -> str:
-    """The identity of a set of images (what a cached feature file belongs to)."""
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-
-
 def cached(fmap: FeatureMap, pixels: np.ndarray, directory: Path | None, what: str) -> np.ndarray:
     """:meth:`FeatureMap.transform` of ``pixels``, computed once: kept in ``directory`` (owner-only, 0700/0600) as
     ``<first 32 hex digits of the images' SHA-256>-<spec digest>.npy`` and read back from there after (if
     finite and within ``BOUND``: else computed again). Read-only. ``what`` names the images
     on the progress bar. Pixels are never cached (computing them is as fast as reading them)."""
     path = None if directory is None or fmap.name == "pixels" else \
-        directory / f"{rows_sha256(pixels)[:32]}-{fmap.digest}.npy"
+        directory / f"{array_sha256(pixels)[:32]}-{fmap.digest}.npy"
     if path is not None and path.exists():
         try:
             features = np.load(path, allow_pickle=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -42,6 +43,11 @@ def to_json(obj: object) -> str:
 def write_json(path: Path, obj: object) -> None:
     """:func:`to_json` written atomically with :func:`write_private`."""
     write_private(path, to_json(obj))
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """SHA-256 (hex) of an array's bytes in C order: the identity of a set of rows or images."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _plain(value: object) -> object:

@@ -9,7 +9,6 @@ auto-approver, and serves the PySyft API with uvicorn until SIGTERM/SIGINT.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_syft.common.files import write_json, write_private
+from fl_syft.common.files import array_sha256, write_json, write_private
 from fl_syft.common.protocol import STATUS_PATH
 from fl_syft.owner.features import FEATURES, site_features
 from fl_syft.owner.policy import OwnerPolicy
@@ -187,7 +186,7 @@ def run_site(spec: SiteSpec) -> None:
 
 def shard_sha256(shard: np.ndarray) -> str:
     """The identity of a shard's rows (what a privacy ledger belongs to)."""
-    return hashlib.sha256(np.ascontiguousarray(shard).tobytes()).hexdigest()
+    return array_sha256(shard)
 
 
 def _install_guard(server, spec: SiteSpec, features: dict[str, dict], audit, vet: Callable[[object], object]):
