@@ -3,11 +3,13 @@
     python benchmarks/run.py                 # everything (~50 min on 2 cores)
     python benchmarks/run.py --only syft     # sections: data, accuracy, syft, demo, scaling, reference,
                                              # lbfgs-syft, dp-curve, dp-syft, secagg-syft, features,
-                                             # features-curve, features-syft, fashion
+                                             # features-curve, features-syft, fashion, small-sites,
+                                             # refusal
 
 A small runner: each section is a function in ``benchmarks/sections/`` (accuracy: in-process;
 deployment: through datasites without DP; privacy: under DP and secure aggregation; features:
-the scattering feature map, and the demo); the sections before "features" measure pixels;
+the scattering feature map, and the demo; budget: small sites under DP, refusing spent budgets);
+the sections before "features" measure pixels;
 ``sections/markdown.py`` writes RESULTS.md.
 
 Every figure is measured in the same run on this machine; timings are medians of repeats.
@@ -26,7 +28,7 @@ import time
 import warnings
 from pathlib import Path
 
-from sections import accuracy, deployment, features, privacy
+from sections import accuracy, budget, deployment, features, privacy
 from sections.markdown import write_markdown
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -34,7 +36,7 @@ from fl_syft.common.data import load_mnist
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("data", "accuracy", "syft", "demo", "scaling", "reference", "lbfgs-syft", "dp-curve", "dp-syft",
-            "secagg-syft", "features", "features-curve", "features-syft", "fashion")
+            "secagg-syft", "features", "features-curve", "features-syft", "fashion", "small-sites", "refusal")
 
 
 def machine() -> dict:
@@ -70,7 +72,9 @@ def main_bench(argv: list[str] | None = None) -> int:
                  "features": features.bench_features,
                  "features-curve": lambda: features.bench_features_curve(mnist),
                  "features-syft": lambda: features.bench_features_syft(mnist, work),
-                 "fashion": features.bench_fashion}
+                 "fashion": features.bench_fashion,
+                 "small-sites": lambda: budget.bench_small_sites(mnist),
+                 "refusal": lambda: budget.bench_refusal(work)}
         for name in args.only:
             results[name] = steps[name]()
             results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")

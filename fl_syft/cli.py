@@ -13,6 +13,7 @@ import functools
 import importlib
 import logging
 import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import SCENARIO_HELP, SCENARIOS
 from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
 from fl_syft.flags import (
+    DEFAULT_CONNECTION,
     PARTITION_DEFAULTS,
     Parser,
     add_algorithm_args,
@@ -207,18 +209,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         saved.check(rounds, res)
     else:
         request = run_request(args, "run", resilience=res)
+    connection = args.connection
     if args.datasite:
         addresses, password = url_addresses(args.datasite, args.email), ds_password(None)
+    elif connection is None and saved is not None and saved.config.get("datasites"):
+        addresses, password, connection = _sites_of(saved.config)
     else:
-        addresses, password = read_connection(args.connection), ds_password(args.connection)
+        connection = connection or DEFAULT_CONNECTION
+        addresses, password = read_connection(connection), ds_password(connection)
     res.check(len(addresses))
     if saved is not None:
         runs.resume_over(addresses, password, saved, args.data, rounds=rounds, resilience=res,
                          approval_timeout=args.approval_timeout)
     else:
-        request = dataclasses.replace(request, config={**request.config, "datasites": [asdict(a) for a in addresses]})
+        request = dataclasses.replace(request, config={**request.config, **_where_sites_are(addresses, connection)})
         runs.run_over(addresses, password, request, args.data, approval_timeout=args.approval_timeout)
     return 0
+
+
+def _where_sites_are(addresses: list, connection: Path | None) -> dict:
+    """What a run saves of its sites, so that ``--resume`` finds them again: their addresses and
+    the connection file it read them from (never a password)."""
+    return {"datasites": [asdict(a) for a in addresses],
+            **({"connection": str(connection.resolve())} if connection else {})}
+
+
+def _sites_of(config: dict) -> tuple[list, object, Path | None]:
+    """(addresses, password, connection file) of the sites a saved run ran with: its connection
+    file (which a restarted launcher rewrites) if still there, else the addresses it saved."""
+    from fl_syft.scientist.connect import SiteAddress, ds_password, read_connection
+
+    connection = Path(config["connection"]) if config.get("connection") else None
+    if connection is not None and connection.exists():
+        addresses, password = read_connection(connection), ds_password(connection)
+    else:
+        addresses, password, connection = [SiteAddress(**a) for a in config["datasites"]], ds_password(None), None
+    log.info("resuming over the sites the run ran with: %s", ", ".join(f"{a.label} at {a.url}:{a.port}"
+                                                                       for a in addresses))
+    return addresses, password, connection
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -237,7 +265,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_table(deployment.start(while_starting=lambda: _prepare_scientist(request, args.data)),
                     deployment.connection_file, opts.host)
         addresses = read_connection(deployment.connection_file)
-        request = dataclasses.replace(request, config={**request.config, "datasites": [asdict(a) for a in addresses]})
+        request = dataclasses.replace(request, config={**request.config,
+                                                       **_where_sites_are(addresses, deployment.connection_file)})
         runs.run_over(addresses, ds_password(deployment.connection_file), request, args.data,
                       approval_timeout=args.approval_timeout)
     return 0
@@ -291,7 +320,7 @@ def _launch_options(args: argparse.Namespace, command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser, args, started = build_parser(), None, time.time()
     try:
         args = parser.parse_args(argv)
         if getattr(args, "scenario", None):  # parse again with the preset as defaults
@@ -304,8 +333,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fl-syft: {kind}: {e.for_cli()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("fl-syft: interrupted", file=sys.stderr)
+        print(f"fl-syft: interrupted{_resume_hint(args, started)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace | None, started: float) -> str:
+    """How to continue an interrupted run: from the checkpoint this run wrote, if it wrote one."""
+    command = getattr(args, "command", None)
+    if command == "simulate":
+        return " (a simulation keeps no state to resume from: run it again)"
+    out = getattr(args, "resume", None) or getattr(args, "out", None)
+    if command not in ("run", "demo") or out is None:
+        return ""
+    checkpoint = out / "checkpoint.npz"
+    if not checkpoint.exists() or checkpoint.stat().st_mtime < started:
+        return f" before a round completed: nothing was saved in {out}"
+    from fl_syft.scientist.outputs import read_checkpoint
+
+    done = len(read_checkpoint(out)[1])
+    restart = (f"restart the sites with fl-syft launch --keep --state-dir {args.state_dir}, then "
+               if command == "demo" else "")
+    return f" after round {done}: rounds 1..{done} are saved in {out}; to continue: {restart}fl-syft run --resume {out}"
 
 
 def single_blas_thread():

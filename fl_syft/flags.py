@@ -212,10 +212,14 @@ def add_owner_args(g: argparse._ArgumentGroup) -> None:
                    help="keep datasite state in PostgreSQL (postgresql://USER:PW@HOST:PORT/DB; one DB per site)")
 
 
+DEFAULT_CONNECTION = Path(".fl-syft/datasites.json")
+
+
 def add_connect_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--connection", type=Path, default=Path(".fl-syft/datasites.json"),
-                   help="the launcher's connection file (default .fl-syft/datasites.json)")
+    g.add_argument("--connection", type=Path, default=None,
+                   help=f"the launcher's connection file (default {DEFAULT_CONNECTION}; with --resume: the sites the "
+                        "run ran with)")
     g.add_argument("--datasite", action="append", default=[], metavar="URL",
                    help="explicit datasite address, e.g. http://10.0.0.5:8080 (repeat; overrides --connection)")
     g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")

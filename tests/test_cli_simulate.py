@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -115,3 +116,44 @@ def test_no_logit_adjust_reaches_the_sites_and_the_report(small_idx, tmp_path):
         assert f"| label-prior (logit) adjustment | {name} |" in (out / "report.md").read_text()
         runs[name] = load_model(out / "model.npz")[0]
     assert not np.allclose(runs["on"]["intercept"], runs["off"]["intercept"])
+
+
+@pytest.mark.parametrize("kind, flags", [
+    ("local_only", [*PLAIN, "--local-iters", "2"]),
+    ("private_alone", ["--min-rows", "50", "--dp-epsilon", "3", "--epsilon", "1"]),  # under DP, at the run's epsilon
+])
+def test_baselines_show_progress_and_their_time(small_idx, tmp_path, capsys, kind, flags):
+    """Each site alone can take longer than the rounds: a bar while it runs, and its wall time per
+    site in metrics.json and the report's timings."""
+    out = tmp_path / "run"
+    assert main(["simulate", *flags, "--data", f"idx:{small_idx}", "--sites", "2", "--rounds", "2",
+                 "--features", "pixels", "--baselines", "--out", str(out)]) == 0
+    assert re.search(r"baselines: each site alone: +\d+%\|", capsys.readouterr().err)  # the bar, not the log line
+    seconds = [v["seconds"] for v in json.loads((out / "metrics.json").read_text())["baselines"][kind].values()]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    timings = (out / "report.md").read_text().split("## Timings", 1)[1]
+    assert (f"- baselines: each site alone {np.median(seconds):.1f} s per site (median; {sum(seconds):.1f} s summed"
+            in timings)
+
+
+def test_ctrl_c_in_a_simulation_says_it_cannot_be_resumed_and_an_out_dir_hint_names_no_resume(small_idx, tmp_path,
+                                                                                             capsys):
+    import signal
+    import time
+
+    out = tmp_path / "sim"
+    sim = subprocess.Popen([sys.executable, "-m", "fl_syft", "simulate", "--data", f"idx:{small_idx}", "--features",
+                            "pixels", "--rounds", "200", "--no-dp", "--local-iters", "2", "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sim.send_signal(signal.SIGINT)
+    _, err = sim.communicate(timeout=60)
+    assert sim.returncode == 130
+    assert err.strip().splitlines()[-1] == ("fl-syft: interrupted (a simulation keeps no state to resume from: "
+                                            "run it again)")
+    # simulate has no --resume: the full-directory hint does not offer one.
+    assert main(["simulate", "--data", f"idx:{small_idx}", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "already holds a run" in line and "--resume" not in line and "--overwrite" in line

@@ -72,6 +72,13 @@ def test_what_cannot_run_under_dp_is_refused(deployment, small_idx, tmp_path, ca
 def test_the_notebook_shows_the_budget_and_what_the_run_spent(deployment, small_idx):
     nb = run_notebook({"FL_SYFT_CONNECTION": str(deployment.connection_file), "FL_SYFT_ROUNDS": "2",
                        "FL_SYFT_DATA": f"idx:{small_idx}"})
-    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
+    printed = "".join(o.get("text", "") for o in outputs)
     assert "site-1: record-level differential privacy: epsilon 4" in printed and "spent so far: epsilon" in printed
     assert "site-1: epsilon spent" in printed and "of 4 (delta 1e-05); left" in printed
+    # No PySyft noise in any cell: not printed, nor displayed (sy.syft_function displays a SyftSuccess).
+    shown = printed + "".join(o.get("data", {}).get(kind, "") for o in outputs for kind in ("text/plain", "text/html"))
+    assert "SyftSuccess" not in shown and "syft.Project" not in shown
+    budget = next(c for c in code if any("site-1: epsilon spent" in o.get("text", "") for o in c.outputs))
+    assert any("image/png" in o.get("data", {}) for o in budget.outputs)  # the budget, drawn

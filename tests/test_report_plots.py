@@ -45,3 +45,13 @@ def test_convergence_with_few_sites_labels_each():
     ax = convergence_figure(history(3), {}, "FedAvg").axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [label.split(":")[0] for label in labels if label.startswith("site-")] == ["site-1", "site-2", "site-3"]
+
+
+def test_comparison_legend_and_title_fit_inside_the_figure_at_two_sites():
+    fig = comparison_figure(baselines(2), 0.9127)  # narrow: three long entries cannot share a row
+    fig.tight_layout()  # as the report saves it
+    fig.canvas.draw()
+    legend, page = fig.axes[0].get_legend().get_window_extent(), fig.bbox
+    assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0 and legend.y1 <= page.y1
+    titles = [t.get_window_extent() for t in [*fig.texts, fig.axes[0].title] if t.get_text()]
+    assert titles and not any(legend.overlaps(title) for title in titles)

@@ -129,14 +129,24 @@ def test_a_checkpoint_of_an_older_fl_syft_is_refused_in_one_line(small, tmp_path
     assert len(err) == 1 and "written by an older fl-syft" in err[0] and "start a new run" in err[0], err
 
 
-def test_rounds_of_a_private_resume_are_the_plans(small, tmp_path, capsys):
+def test_a_private_resume_may_change_its_rounds_and_still_spends_only_what_was_planned(small, tmp_path):
     shards = make_shards(small.X_train, small.y_train, PartitionSpec(sites=2))
     sites = local_sites(shards, owner_policy(epsilon=1.0, min_rows=10), tmp_path / "ledgers")
-    stop_after(sites, 1)
+    undo = stop_after(sites, 1)
     with pytest.raises(SitesFailed):
-        runs.run(sites, runs.RunRequest(rounds=3, out=tmp_path / "out", resilience=Resilience(0)), small.X_test,
-                 small.y_test)
-    assert main(["run", "--resume", str(tmp_path / "out"), "--rounds", "9"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("fl-syft: error: --rounds 9: this run's privacy plan spends its epsilon over 3 rounds (its noise "
-                   "is fixed): drop --rounds")
+        runs.run(sites, runs.RunRequest(rounds=3, out=tmp_path / "out", resilience=Resilience(0), epsilon=0.5),
+                 small.X_test, small.y_test)
+    undo()
+    saved = runs.Resume.read(tmp_path / "out")
+    target = saved.config["privacy"]
+    after = {site: epsilon([*(float(s) for s, n in info["released"].items() for _ in range(n)),
+                            *[target["noise_multiplier"]] * target["noisy_steps_per_site"]], info["policy"]["delta"])
+             for site, info in target["sites"].items()}
+    resumed = runs.resume(sites, saved, small.X_test, small.y_test, rounds=9)  # as fl-syft run --resume DIR --rounds 9
+    assert [r["round"] for r in resumed.history] == list(range(1, 10))
+    plan = resumed.config["privacy"]
+    assert plan["rounds"] == 9 and plan["first_round"] == 2
+    # The precision of the 2 rounds not run, spread over 8: twice the noise per step.
+    assert plan["noise_multiplier"] == pytest.approx(2 * target["noise_multiplier"], rel=1e-6)
+    for site in sites:  # 8 more rounds in what 2 left: each site ends where the first plan would have left it
+        assert site.guard.ledger.spent == pytest.approx(after[site.name], rel=1e-6)

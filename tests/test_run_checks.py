@@ -51,7 +51,10 @@ def test_out_holding_a_run_is_refused_unless_overwrite(small_idx, tmp_path, caps
     checkpoint = (out / "checkpoint.npz").read_bytes()
     rc, line = run(capsys, *args)
     assert rc == 2 and "already holds a run (metrics.json, checkpoint.npz, model.npz)" in line
-    assert f"--resume {out}" in line and "--overwrite" in line
+    assert "--resume" not in line and "--overwrite" in line  # a simulation cannot be resumed
+    # A run over datasites can: its refusal says how.
+    rc, line = run(capsys, "run", "--datasite", "http://127.0.0.1:1", "--out", str(out))
+    assert rc == 2 and f"continue it with fl-syft run --resume {out}" in line
     assert (out / "checkpoint.npz").read_bytes() == checkpoint
     assert main([*args, "--overwrite", "--seed", "1"]) == 0
     assert (out / "checkpoint.npz").read_bytes() != checkpoint

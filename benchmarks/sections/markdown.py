@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sections.markdown_budget import budget_markdown
 from sections.markdown_features import features_markdown
 from sections.shared import FEDAVG_ROUNDS, HERE
 
@@ -144,6 +145,7 @@ def write_markdown(results: dict) -> None:
                   f"site {s['masking']:.2f} s and the rest training and PySyft transport (a round without secure "
                   f"aggregation is those calls alone); unmasking and reconstruction {s['unmask']:.2f} s.", ""]
     lines += features_markdown(r)
+    lines += budget_markdown(r)
     if r.get("notes"):
         lines += ["## Notes on these measurements", "", *[f"- {note}" for note in r["notes"]], ""]
     sections = ", ".join(r.get("orchestrator_peak_rss_sections", ["all"]))

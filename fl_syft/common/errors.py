@@ -40,3 +40,8 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     """``e``'s message (PySyft's ``public_message`` if it has one) as one line of at most ``limit`` chars."""
     text = getattr(e, "public_message", None) or str(e)
     return " ".join(text.split())[:limit] or type(e).__name__
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 round", "2 rounds"."""
+    return f"{n} {noun}{'s' * (n != 1)}"

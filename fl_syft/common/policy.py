@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fl_syft.common.errors import ConfigError
+from fl_syft.common.errors import ConfigError, counted
 from fl_syft.common.protocol import SCHEMAS
 
 DEFAULT_EPSILON = 1.0
@@ -109,7 +109,7 @@ class PrivacyPolicy:
     def describe(self) -> str:
         """One line for the owner's terminal and the scientist's report."""
         secure = "" if not self.peers else (
-            f"; secure aggregation with {len(self.peers)} peers, threshold {self.threshold}"
+            f"; secure aggregation with {counted(len(self.peers), 'peer')}, threshold {self.threshold}"
             + (" (required)" if self.require_secure_aggregation else ""))
         if not self.dp:
             return (f"no differential privacy (--no-dp): calls return exact results, from which the data scientist "

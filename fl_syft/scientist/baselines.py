@@ -16,10 +16,12 @@ legitimate, so it lives with the simulation (``fl_syft.simulate.centralized``), 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm import tqdm
 
 from fl_syft.common.errors import FlSyftError
 from fl_syft.common.features import FeatureMap
@@ -39,20 +41,26 @@ DEFAULT_HOLDOUT = ML_EXPERIMENT["holdout"].default
 def local_only(sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *, features: FeatureMap,
                C: float = 1.0, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
                resilience: Resilience = Resilience()) -> dict[str, dict]:
-    """{site: {"test_accuracy", "n_samples", "class_counts"}} of each site's own converged model.
+    """{site: {"test_accuracy", "n_samples", "class_counts", "seconds" (the call's wall time)}} of
+    each site's own converged model.
 
     ``features``, ``C``, ``holdout`` and ``seed`` as in the federated run, so the site scores on
     the same split (``X_test``: the test set's features)."""
     # A site alone trains plain logistic regression, its own label prior included.
     config = {"features": features.name, "local_iters": CONVERGE_ITERS, "C": float(C), "holdout": float(holdout),
               "seed": int(seed), "logit_adjust": False}
-    with ThreadPoolExecutor(max_workers=len(sites)) as pool:
-        calls, _ = call_sites(pool, sites, ml_experiment.__name__, {}, config, resilience, 0,
-                              lambda site, result: validate_result(site, result, features.width))
+
+    def answered(site: str, result: object) -> None:
+        validate_result(site, result, features.width)
+        bar.update()  # one call to convergence can take a minute: show each site as it answers
+
+    with ThreadPoolExecutor(max_workers=len(sites)) as pool, \
+            tqdm(total=len(sites), desc="baselines: each site alone", unit="site", leave=False) as bar:
+        calls, _ = call_sites(pool, sites, ml_experiment.__name__, {}, config, resilience, 0, answered)
     return {name: {"test_accuracy": score(result, X_test, y_test)["accuracy"],
                    "n_samples": int(result["n_samples"]),
-                   "class_counts": np.asarray(result["class_counts"]).tolist()}
-            for name, (result, _) in calls.items()}
+                   "class_counts": np.asarray(result["class_counts"]).tolist(), "seconds": seconds}
+            for name, (result, seconds) in calls.items()}
 
 
 def after(status: dict, noise_multiplier: float, releases: int) -> dict:
@@ -71,23 +79,29 @@ def after(status: dict, noise_multiplier: float, releases: int) -> dict:
 def private_alone(algorithms: dict[str, Algorithm], sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray,
                   resilience: Resilience = Resilience()) -> dict[str, dict]:
     """{site: {"test_accuracy", "epsilon", "noise_multiplier", "noisy_steps", "rounds", "settings",
-    "n_samples" (its published noisy row count)} or {"error": why}}: each site's planned private run
-    alone (``algorithms``: site -> its algorithm, planned for it alone), all sites at once; a site
-    whose run fails is reported as such and the others go on."""
+    "n_samples" (its published noisy row count), "seconds" (its whole run's wall time)} or
+    {"error": why, "epsilon", "seconds"}}: each site's planned private run alone (``algorithms``:
+    site -> its algorithm, planned for it alone), all sites at once; a site whose run fails is
+    reported as such and the others go on."""
     by_name = {site.name: site for site in sites}
     alone_rule = dataclasses.replace(resilience, min_sites=None)  # one site: the run's --min-sites cannot apply
+    rounds = {name: algorithm.rounds_for(None) for name, algorithm in algorithms.items()}
 
     def alone(name: str) -> dict:
         algorithm = algorithms[name]
-        rounds = algorithm.rounds_for(None)
         plan = mode_of(algorithm)[Private.key]
+        started = time.perf_counter()
         try:
-            state = algorithm.run([by_name[name]], X_test, y_test, rounds=rounds, resilience=alone_rule, echo=False)
+            state = algorithm.run([by_name[name]], X_test, y_test, rounds=rounds[name], resilience=alone_rule,
+                                  echo=False, on_round=lambda params, history: bar.update())
         except FlSyftError as e:
-            return {"error": str(e), "epsilon": plan["epsilon_per_site"]}
+            return {"error": str(e), "epsilon": plan["epsilon_per_site"], "seconds": time.perf_counter() - started}
         return {"test_accuracy": score(state.params, X_test, y_test)["accuracy"], "epsilon": plan["epsilon_per_site"],
                 "noise_multiplier": plan["noise_multiplier"], "noisy_steps": plan["noisy_steps_per_site"],
-                "rounds": rounds, "settings": plan["settings"], "n_samples": plan["sites"][name]["rows"]}
+                "rounds": rounds[name], "settings": plan["settings"], "n_samples": plan["sites"][name]["rows"],
+                "seconds": time.perf_counter() - started}
 
-    with ThreadPoolExecutor(max_workers=len(algorithms)) as pool:
+    # One bar for every site's rounds (each site's own round loop runs without one: echo=False).
+    with ThreadPoolExecutor(max_workers=len(algorithms)) as pool, \
+            tqdm(total=sum(rounds.values()), desc="baselines: each site alone", unit="round", leave=False) as bar:
         return dict(zip(algorithms, pool.map(alone, algorithms), strict=True))

@@ -124,23 +124,33 @@ _PARSING = threading.Lock()
 _quiet_lock = threading.Lock()
 _quiet_users = 0
 _real_stdout = sys.stdout
+_real_display = None  # in IPython, (the shell, its display publisher) while quiet() holds them
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Swallow PySyft's printed banners (SyftSuccess, 'Logged into ...') unless verbose.
+    """Swallow PySyft's banners (SyftSuccess, 'Logged into ...') unless verbose: what it prints,
+    and in IPython what it shows with ``display`` (``sy.syft_function`` shows a SyftSuccess
+    suggesting ``syft.Project``), which goes to the shell's display publisher, not to stdout.
 
-    Sites are called from several threads at once, and ``contextlib.redirect_stdout`` is
-    not thread-safe (overlapping exits leave stdout pointing at a buffer, losing every later
-    line): the first user swaps stdout out, the last one puts it back.
+    Sites are called from several threads at once, and ``contextlib.redirect_stdout`` (like
+    IPython's ``capture_output``) is not thread-safe (overlapping exits leave stdout pointing
+    at a buffer, losing every later line): the first user swaps both out, the last one puts
+    them back.
     """
-    global _quiet_users, _real_stdout
+    global _quiet_users, _real_stdout, _real_display
     if logging.getLogger("fl_syft").isEnabledFor(logging.DEBUG):
         yield
         return
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
     with _quiet_lock:
         if _quiet_users == 0:
             _real_stdout, sys.stdout = sys.stdout, io.StringIO()
+            if InteractiveShell.initialized():
+                shell = InteractiveShell.instance()
+                _real_display, shell.display_pub = (shell, shell.display_pub), CapturingDisplayPublisher()
         _quiet_users += 1
     try:
         yield
@@ -149,6 +159,9 @@ def quiet() -> Iterator[None]:
             _quiet_users -= 1
             if _quiet_users == 0:
                 sys.stdout = _real_stdout
+                if _real_display is not None:
+                    shell, publisher = _real_display
+                    shell.display_pub, _real_display = publisher, None
 
 
 class SyftSite:
@@ -359,11 +372,11 @@ def _login(address: SiteAddress, password: Password):
     return client
 
 
-def connect(addresses: list[SiteAddress], password: Password, functions: tuple[Callable, ...],
+def connect(addresses: list[SiteAddress], password: Password, functions: tuple[Callable, ...] = (),
             approval_timeout: float = 60.0) -> list[SyftSite]:
     """Log into every site (all reachable, each a different server, before anything is
-    submitted), then get each of the vetted ``functions`` approved on each. Sites are
-    contacted concurrently; an error names the first failing site in the order given."""
+    submitted), then get each of the vetted ``functions`` approved on each (:func:`approve`).
+    Sites are contacted concurrently; an error names the first failing site in the order given."""
     sites = _each_site(lambda address: SyftSite(address, password), addresses)
     seen: dict[str, SyftSite] = {}
     for site in sites:
@@ -371,14 +384,19 @@ def connect(addresses: list[SiteAddress], password: Password, functions: tuple[C
         if first is not site:
             raise ConnectError(f"{_where(first.address)} and {_where(site.address)} are the same datasite "
                                f"({site.name}): give each datasite once")
+    approve(sites, functions, approval_timeout)
+    return sites
 
-    def approve(site: SyftSite) -> SyftSite:
+
+def approve(sites: list[SyftSite], functions: tuple[Callable, ...], approval_timeout: float = 60.0) -> None:
+    """Get each of the vetted ``functions`` approved on each site (concurrently)."""
+    def each(site: SyftSite) -> SyftSite:
         for fn in functions:
             site.request_approval(fn, approval_timeout)
             log.info("%s: %s approved", site.name, fn.__name__)
         return site
 
-    return _each_site(approve, sites)
+    _each_site(each, sites)
 
 
 def _each_site(step: Callable, items: list) -> list:

@@ -4,11 +4,15 @@ After every round: ``metrics.json``, ``model.npz`` (the global model) and ``chec
 config (with the run's mode: its privacy plan, its secure-aggregation threshold), history and
 every array the algorithm carries (the model and, under DP, the momentum) in one atomic file,
 so ``--resume`` continues from exactly that state. At the end also ``metrics.csv`` (a row per
-round and site).
+round and site). Every file is owner-only (0600; a new ``--out`` directory 0700), written
+atomically: metrics.json and the checkpoint name the sites and the connection file the run read
+(beside the launcher's secrets), and what the sites released to this scientist stays theirs
+until they choose to share it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,7 +21,7 @@ import numpy as np
 
 from fl_syft.common.errors import ConfigError, FlSyftError
 from fl_syft.common.features import FeatureMap, from_spec
-from fl_syft.common.files import to_json, write_json
+from fl_syft.common.files import to_json, write_json, write_private
 
 MODEL_KEYS = ("coef", "intercept")
 FEATURES_KEY = "features"  # model.npz's entry: the feature map's spec, as JSON
@@ -31,10 +35,14 @@ def write_model(path: Path, params: dict, features: FeatureMap) -> None:
 
 
 def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to a temporary file, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    """``np.savez``, atomically and owner-only (``common.files``): readers never see half a file."""
+    write_private(path, _npz_bytes(arrays))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def load_model(path: Path) -> tuple[dict, FeatureMap]:
@@ -69,17 +77,19 @@ def metrics(config: dict, history: list[dict], baselines: dict | None = None, fi
 RUN_FILES = ("metrics.json", "checkpoint.npz", "model.npz")
 
 
-def check_out_dir(out: Path, overwrite: bool = False) -> None:
+def check_out_dir(out: Path, overwrite: bool = False, resumable: bool = True) -> None:
     """Refuse, before anything runs, an ``out`` that cannot hold a run or already holds one
-    (its checkpoint is what ``--resume`` needs: never overwritten unless asked)."""
+    (its checkpoint is what ``--resume`` needs: never overwritten unless asked; ``resumable``:
+    the hint names ``--resume``, which continues runs over datasites, not simulations)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{{out}} {out} is a file, not a directory: choose a directory")
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held and not overwrite:
-        raise ConfigError(f"{{out}} {out} already holds a run ({', '.join(held)}): continue it with "
-                          f"{{resume}} {out}, choose another {{out}}, or replace it with {{overwrite}}")
+        resume = f"continue it with fl-syft run --resume {out}, " if resumable else ""
+        raise ConfigError(f"{{out}} {out} already holds a run ({', '.join(held)}): {resume}choose another {{out}}, "
+                          "or replace it with {overwrite}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new directory: the scientist's alone
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -128,17 +138,22 @@ def read_checkpoint(out: Path) -> tuple[dict, list[dict], dict]:
 
 
 def write_csv(path: Path, history: list[dict]) -> None:
-    """One row per round and site: the global model's test metrics beside the site's own."""
+    """One row per round and site: the global model's test metrics beside the site's own, the
+    epsilon the site had spent once the round was done (under DP), why it was dropped (if it
+    was), and its call's time where it is its own (under secure aggregation the sites are timed
+    together: ``round_seconds``)."""
     import csv
 
     site_keys = sorted({k for r in history for m in r["sites"].values() for k in m if k != "class_counts"})
-    with path.open("w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["round", "site", "global_test_accuracy", "global_test_loss", "round_seconds", *site_keys])
+        writer.writerow(["round", "site", "global_test_accuracy", "global_test_loss", "round_seconds", "epsilon_spent",
+                         "dropped", *site_keys])
         for r in history:
-            for site, m in r["sites"].items():
+            spent = r.get("epsilon_spent", {})
+            rows = [*((site, m, "") for site, m in r["sites"].items()),
+                    *((site, {}, why) for site, why in r.get("dropped", {}).items())]
+            for site, m, why in rows:
                 writer.writerow([r["round"], site, r["global_test_accuracy"], r["global_test_loss"], r["seconds"],
-                                 *[m.get(k) for k in site_keys]])
-            for site in r.get("dropped", {}):
-                writer.writerow([r["round"], site, r["global_test_accuracy"], r["global_test_loss"], r["seconds"],
-                                 *["dropped" if k == "n_samples" else None for k in site_keys]])
+                                 spent.get(site, ""), why, *[m.get(k, "") for k in site_keys]])
+        write_private(path, f.getvalue())

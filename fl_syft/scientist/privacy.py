@@ -8,13 +8,14 @@ charge with); it is refused up front when a site has less left.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fl_syft.common.accounting import epsilon as epsilon_of
 from fl_syft.common.accounting import noise_for
-from fl_syft.common.errors import ConfigError
+from fl_syft.common.errors import ConfigError, counted
 from fl_syft.common.policy import PrivacyPolicy
-from fl_syft.common.protocol import SiteStatus
+from fl_syft.common.protocol import ML_EXPERIMENT_DP, SiteStatus
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,16 @@ def spendable(statuses: list[dict], epsilon: float | None = None) -> float:
     return max(min(left, default=0.0), 1e-6)
 
 
-def plan(statuses: list[dict], releases: int, epsilon: float | None = None) -> PrivacyPlan | None:
-    """The plan for a run of ``releases`` noisy steps per site; None if no site enforces DP.
+def plan(statuses: list[dict], releases: int, epsilon: float | None = None, *, pooled: bool = False,
+         per_round: int = 1) -> PrivacyPlan | None:
+    """The plan for a run of ``releases`` noisy steps per site (``per_round`` a round); None if no
+    site enforces DP.
 
     ``epsilon``: what this run may spend per site (default: what the site with the least left has
-    left). Raises ConfigError when the sites disagree (some without DP) or have less than that."""
+    left); ``pooled``: one noisy release sums every site's rows (secure aggregation), else one
+    site's. Raises ConfigError, naming the site, what it spent, what it has left and what to do,
+    when the sites disagree (some without DP), have less than that, or when the noise the plan
+    needs is outside the sites' bounds or too large for any step to carry signal (:func:`check_signal`)."""
     budgets = [SiteBudget.from_status(s) for s in statuses]
     private = [b for b in budgets if b.policy.dp]
     if not private:
@@ -97,15 +103,17 @@ def plan(statuses: list[dict], releases: int, epsilon: float | None = None) -> P
         raise ConfigError("the sites clip gradients to different norms: "
                           + ", ".join(f"{b.site} {b.policy.clip:g}" for b in budgets))
     delta = min(b.policy.delta for b in budgets)
-    if epsilon is None:  # spend exactly what the site with the least left has left
-        try:
-            sigma = max(noise_for(b.policy.epsilon, b.policy.delta, releases, b.released) for b in budgets)
-        except ValueError:
-            spent = min(budgets, key=lambda b: b.remaining)
-            raise ConfigError(f"{spent.site} has spent its privacy budget ({spent.spent:.3g} of "
-                              f"{spent.policy.epsilon:g}): no private run is possible there") from None
-    elif not epsilon > 0:
+    if epsilon is not None and not epsilon > 0:
         raise ConfigError(f"{{epsilon}} must be > 0, got {epsilon:g}")
+    # What spending all that is left would take: the noise of the site with the least left.
+    least = max(budgets, key=lambda b: _noise_or_inf(b.policy.epsilon, b.policy.delta, releases, b.released))
+    left_sigma = _noise_or_inf(least.policy.epsilon, least.policy.delta, releases, least.released)
+    rows = signal_rows(budgets, pooled)
+    if epsilon is None:
+        if math.isinf(left_sigma):
+            raise ConfigError(f"{_spent(least)}: no private run is possible there; {OWNER_FIX}")
+        check_signal(left_sigma, rows, releases, per_round, f"{_spent(least)}: spending what is left over")
+        sigma = left_sigma
     else:
         sigma = noise_for(epsilon, delta, releases)
     sigma *= 1 + 1e-9  # a hair more noise: rounding must never take a site past its budget
@@ -117,6 +125,57 @@ def plan(statuses: list[dict], releases: int, epsilon: float | None = None) -> P
     result = PrivacyPlan(tuple(budgets), epsilon, delta, sigma, releases)
     for b in budgets:  # as the sites' ledgers will check it
         if result.total_after(b) > b.policy.epsilon * (1 + 1e-6):
+            useful = rows is None or left_sigma < rows
+            fix = ("ask for less, or drop {epsilon} to spend what is left" if useful else
+                   f"what is left is too little for a run that learns; {OWNER_FIX}")
             raise ConfigError(f"{{epsilon}} {epsilon:g}: {b.site} has {b.remaining:.3g} of its {b.policy.epsilon:g} "
-                              f"left (spent {b.spent:.3g}); ask for less, or drop {{epsilon}} to spend what is left")
+                              f"left (spent {b.spent:.3g}); {fix}")
+    check_signal(sigma, rows, releases, per_round, f"{{epsilon}} {epsilon:.3g} over")
     return result
+
+
+# Noise multipliers the sites' schema admits (``common.protocol``): above it a call is refused.
+MAX_NOISE = ML_EXPERIMENT_DP["noise_multiplier"].high
+OWNER_FIX = ("its owner may raise the budget (restart the site with --keep --dp-epsilon E: a new decision of "
+             "theirs), or run over other sites")
+
+
+def signal_rows(budgets: list[SiteBudget], pooled: bool) -> float | None:
+    """The rows one noisy release sums (their published noisy counts): every site's with secure
+    aggregation (``pooled``), else the smallest site's; None when a site publishes none."""
+    rows = [b.rows for b in budgets]
+    if any(r is None for r in rows):
+        return None
+    return float(sum(rows) if pooled else min(rows))
+
+
+def check_signal(sigma: float, rows: float | None, releases: int, per_round: int, what: str) -> None:
+    """Refuse a plan none of whose steps can carry signal: the rule is noise multiplier >= the
+    rows one release sums, i.e. the noise's std in every single coordinate (sigma x clip) at
+    least the largest norm the whole sum of clipped gradients can have (rows x clip). Such a run
+    trains on noise (a spent budget's leftover gave 13% after 12 rounds, its loss rising to 1e5).
+    Also refuse noise above what the sites' bounds admit. ``what`` starts the message."""
+    if sigma > MAX_NOISE:
+        raise ConfigError(f"{what} {releases} noisy steps needs noise multiplier {sigma:.3g}, above the "
+                          f"{MAX_NOISE:g} the sites admit; {OWNER_FIX}")
+    if rows is None or sigma < rows:
+        return
+    fewer = int(releases * (rows / sigma) ** 2 * (1 - 1e-9)) // per_round  # noise grows as sqrt(steps)
+    fix = (f"take fewer {{rounds}} (at most {fewer} at {counted(per_round, 'noisy step')} per round)"
+           " or " if fewer >= 1 else "")
+    raise ConfigError(f"{what} {releases} noisy steps needs noise multiplier {sigma:.3g}, at least the "
+                      f"{rows:.0f} rows one step sums: the noise in each coordinate would exceed the whole "
+                      f"gradient and the run would learn nothing (nothing was trained or charged); "
+                      f"{fix}{OWNER_FIX}")
+
+
+def _noise_or_inf(total: float, delta: float, releases: int, released: tuple[float, ...]) -> float:
+    try:
+        return noise_for(total, delta, releases, released)
+    except ValueError:  # already spent
+        return math.inf
+
+
+def _spent(b: SiteBudget) -> str:
+    return (f"{b.site} has spent epsilon {b.spent:.4g} of its {b.policy.epsilon:g} "
+            f"({b.remaining:.3g} left)")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fl_syft.common.files import write_private
 from fl_syft.scientist.algorithms import Algorithm
+from fl_syft.scientist.spending import COMPOSITION
 
 
 def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_test: np.ndarray,
@@ -31,7 +33,7 @@ def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_tes
     if has_comparison:
         _save(comparison_figure(baselines, doc["final"]["global_test_accuracy"]), out / "comparison.png")
     path = out / "report.md"
-    path.write_text(_markdown(doc, algorithm, len(y_test), label_histogram, histogram_of, has_comparison))
+    write_private(path, _markdown(doc, algorithm, len(y_test), label_histogram, histogram_of, has_comparison))
     return path
 
 
@@ -60,11 +62,16 @@ MAX_SITE_LINES = 5  # more sites than this are drawn as a band (min..max) and th
 
 
 def _save(fig, path: Path) -> None:
+    """PNG, owner-only like every output (``scientist.outputs``)."""
+    import io
+
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    write_private(path, buffer.getvalue())
 
 
 def convergence_figure(history: list[dict], baselines: dict, title: str):
@@ -153,9 +160,15 @@ def comparison_figure(baselines: dict, federated: float):
     ax.set_xticks(x, [f"{s}\n({about}{local[s]['n_samples']} rows)" for s in sites], fontsize=8)
     ax.set_ylabel("accuracy on the MNIST test set (%)")
     ax.set_ylim(0, 105)  # from zero: bar heights compare as the accuracies do
-    ax.set_title("Does federation help? Each site alone vs the federated model", pad=28)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    # Above the axes (the bars reach the top): in one row if that fits the figure's width (with a
+    # margin: it is centred on the axes, not on the figure), else stacked. The title is the
+    # figure's, so the layout keeps it above the legend however tall.
+    style = {"fontsize": 8, "loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "frameon": False}
+    legend = ax.legend(**style, ncol=3)
+    if legend.get_window_extent(fig.canvas.get_renderer()).width > 0.95 * fig.bbox.width:
+        ax.legend(**style, ncol=1)
+    fig.suptitle("Does federation help? Each site alone vs the federated model", fontsize=12)
     return fig
 
 
@@ -176,14 +189,21 @@ def _privacy_section(plan: dict, final: dict, threshold: int | None) -> list[str
                 f"long as fewer than {threshold} sites collude with the scientist (a round with fewer than "
                 f"{threshold} survivors is refused, never unmasked).", ""] if threshold else
                ["Each site's update reached the scientist on its own, protected by that site's own noise.", ""]),
-             "| site | budget (epsilon, delta) | spent before | spent after this run | rows (published, noisy) |",
-             "|---|---|---|---|---|"]
+             f"Per site below: what it had spent before this run, what this run spends on its own, and what its "
+             f"ledger holds after it (with each site alone, if it ran, included). The last is not the sum of "
+             f"the two before it: {COMPOSITION}.", "",
+             "| site | budget (epsilon, delta) | spent before | this run alone | spent after | "
+             "rows (published, noisy) |", "|---|---|---|---|---|---|"]
     spent = final.get("epsilon_spent", {})
     for site, info in plan["sites"].items():
         policy = info["policy"]
         after = spent.get(site, {}).get("epsilon")
-        lines.append(f"| {site} | {policy['epsilon']:g}, {policy['delta']:g} | {info['spent_before']:.3g} | "
-                     f"{'?' if after is None else f'{after:.3g}'} | {info['rows']} |")
+        lines.append(f"| {site} | {policy['epsilon']:g}, {policy['delta']:g} | {info['spent_before']:.4g} | "
+                     f"{plan['epsilon_per_site']:.4g} | {'?' if after is None else f'{after:.4g}'} | {info['rows']} |")
+    for r in plan.get("replans", []):
+        lines += ["", f"Resumed at round {r['at_round']} ({r['why']}): the remaining rounds were replanned from "
+                  f"the sites' ledgers with noise multiplier {r['noise_multiplier']:.4g} (was "
+                  f"{r['noise_multiplier_before']:.4g}), to end within what the run was to spend."]
     return lines
 
 
@@ -257,13 +277,14 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
             lines.append(f"| {site} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
         lines.append("")
     rounds_s = [r["seconds"] for r in history]
-    site_rows = [m for r in history for m in r["sites"].values()]
+    # A site's own call time (none under secure aggregation, where the sites are timed together).
+    site_rows = [m for r in history for m in r["sites"].values() if "call_seconds" in m]
     lines += ["## Timings", "", f"- rounds: {len(history)}, total {sum(rounds_s):.1f} s, median "
               f"{np.median(rounds_s):.2f} s per round"]
-    if all("compute_seconds" in m for m in site_rows):
+    if site_rows and all("compute_seconds" in m for m in site_rows):
         lines.append(f"- per site call (median): compute {np.median([m['compute_seconds'] for m in site_rows]):.2f} "
                      f"s, transport/overhead {np.median([m['transport_seconds'] for m in site_rows]):.2f} s")
-    else:  # under DP a site reports no compute time: it would time its rows
+    elif site_rows:  # under DP a site reports no compute time: it would time its rows
         lines.append(f"- per site call (median): {np.median([m['call_seconds'] for m in site_rows]):.2f} s")
     secure = [r["secure_aggregation"]["seconds"] for r in history if "secure_aggregation" in r]
     if secure:
@@ -272,6 +293,19 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
         lines.append(f"- secure aggregation, per round (median): key agreement and Shamir shares {keys:.2f} s; "
                      f"the sites' calls {calls:.2f} s (masking at a site {masking:.2f} s, the rest training and "
                      f"PySyft transport); unmasking and reconstructing the sum {unmask:.2f} s")
+    # The baselines' time (metrics.json of older runs has none): each site alone can take longer
+    # than the federated rounds.
+    alone_s = [v["seconds"] for kind in ("local_only", "private_alone") for v in baselines.get(kind, {}).values()
+               if "seconds" in v]
+    ceiling_s = baselines.get("centralized", {}).get("seconds")
+    timed = []
+    if alone_s:
+        timed.append(f"each site alone {np.median(alone_s):.1f} s per site (median; {sum(alone_s):.1f} s summed "
+                     "over the sites, which ran at once)")
+    if ceiling_s is not None:
+        timed.append(f"the centralized ceiling {ceiling_s:.1f} s")
+    if timed:
+        lines.append(f"- baselines: {'; '.join(timed)}")
     dropped = [(r["round"], s) for r in history for s in r.get("dropped", {})]
     if dropped:
         lines.append(f"- dropouts: {', '.join(f'{s} in round {n}' for n, s in dropped)}")

@@ -64,7 +64,7 @@ class Resilience:
             raise ConfigError(f"{{min_sites}} {self.min_sites} is more than the {n_sites} sites")
 
 
-Calls = dict[str, tuple[dict, float]]  # site -> (validated result, wall seconds of the call)
+Calls = dict[str, tuple[dict, float | None]]  # site -> (validated result, wall seconds of its call, if its own)
 
 
 def call_sites(pool: ThreadPoolExecutor, sites: Sequence[Site], function: str, params: dict, config: dict,
@@ -88,8 +88,7 @@ def call_sites(pool: ThreadPoolExecutor, sites: Sequence[Site], function: str, p
     need = res.min_sites or len(sites)
     if len(calls) < need:
         raise SitesFailed(f"round {rnd}: {'; '.join(dropped.values())} "
-                          f"({len(calls)} of {len(sites)} sites answered, {need} needed; "
-                          f"rounds 1..{rnd - 1} are saved: resume with --resume)")
+                          f"({len(calls)} of {len(sites)} sites answered, {need} needed)")
     for name, reason in dropped.items():
         log.warning("round %d: continuing without %s (%s)", rnd, name, reason)
     return calls, dropped
@@ -130,14 +129,17 @@ def round_record(rnd: int, params: dict, calls: Calls, dropped: dict[str, str], 
             "dropped": dropped}
 
 
-def site_record(result: dict, wall: float) -> dict:
-    """Per-site metrics; ``transport_seconds`` is the call's wall time not spent computing (when
-    the site reports its compute time: under DP it does not)."""
+def site_record(result: dict, wall: float | None) -> dict:
+    """Per-site metrics; ``call_seconds`` the call's wall time (None: not the site's own, as under
+    secure aggregation), ``transport_seconds`` the part not spent computing (when the site
+    reports its compute time: under DP it does not)."""
     record = {key: result[key] for key in SITE_METRICS if key in result}
     if "n_samples" in record:  # (under secure aggregation no site result is seen)
         record["n_samples"] = int(record["n_samples"])
     if "class_counts" in result:
         record["class_counts"] = np.asarray(result["class_counts"]).tolist()
+    if wall is None:
+        return record
     record["call_seconds"] = wall
     if "seconds" in result:
         compute = float(result["seconds"])

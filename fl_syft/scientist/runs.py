@@ -9,8 +9,8 @@ algorithm, mode and state it saved.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from fl_syft.common.errors import ConfigError
+from fl_syft.common.errors import ConfigError, counted
 from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
 from fl_syft.common.features import feature_map
 from fl_syft.common.protocol import ML_EXPERIMENT
 from fl_syft.scientist import baselines as reference
+from fl_syft.scientist import spending
 from fl_syft.scientist.algorithms import (
     REGISTRY,
     Algorithm,
@@ -47,7 +48,7 @@ from fl_syft.scientist.outputs import (
     write_outputs,
 )
 from fl_syft.scientist.report import write_report
-from fl_syft.scientist.rounds import Resilience, Site
+from fl_syft.scientist.rounds import Resilience, Site, SitesFailed
 
 log = logging.getLogger("fl_syft")
 
@@ -88,7 +89,7 @@ class RunRequest:
             raise ConfigError(f"{{epsilon}} must be > 0, got {self.epsilon:g}")
         check_resilience(REGISTRY[self.algorithm], self.resilience)
         if self.out is not None:
-            check_out_dir(self.out, self.overwrite)
+            check_out_dir(self.out, self.overwrite, resumable=self.config.get("command") != "simulate")
 
     def functions(self) -> tuple[Callable, ...]:
         """The vetted functions every site must approve for this run (each once, in order)."""
@@ -143,7 +144,10 @@ class Resume:
         check_resilience(algorithm, resilience)
         if rounds is not None and rounds < 1:
             raise ConfigError(f"{{rounds}} must be at least 1, got {rounds}")
-        return self.config["rounds"] if rounds is None else algorithm.rounds_for(rounds)
+        if rounds is None:
+            return self.config["rounds"]
+        # Under DP the remaining rounds are replanned (``spending.replan``): any count fits the budget.
+        return rounds if Private.key in mode_of(algorithm) else algorithm.rounds_for(rounds)
 
     def functions(self) -> tuple[Callable, ...]:
         return required_functions(REGISTRY[self.config["algorithm"]], False)
@@ -158,46 +162,75 @@ class Outcome:
     config: dict = field(default_factory=dict)  # the run as metrics.json describes it (its plan included)
 
 
-def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: np.ndarray, *,
-        ceiling: Callable[[float, str], dict] | None = None, histogram: Histogram | None = None) -> Outcome:
-    """Plan ``request`` over ``sites``, train, score the baselines if asked, write the outputs.
+@dataclass(frozen=True)
+class Planned:
+    """A run planned against the sites' published statuses, before anything is submitted to them:
+    its algorithm (wrapped as the sites' policies make it run), rounds, metrics.json config and,
+    under DP with baselines, the request each site alone runs with."""
 
-    ``X_test``: the public test set's (n, 784) uint8 images (their features are computed here).
-    ``ceiling(C, features)`` and ``histogram``: what only a simulation can compute from pooled rows
-    (``fl_syft.simulate``): the centralized ceiling's model for the run's C and feature map, and
-    each site's rows per digit.
-    """
+    algorithm: Algorithm
+    rounds: int
+    config: dict
+    alone: RunRequest | None = None
+
+
+def plan(sites: Sequence[Site], request: RunRequest) -> Planned:
+    """Plan ``request`` over ``sites`` from their published privacy statuses (their ledgers); a
+    run that cannot go ahead (a spent budget, noise no step can carry ...) is refused here, with
+    ConfigError, before anything is submitted, trained or charged."""
     request.check()
     statuses = [site.privacy() for site in sites]
     algorithm = build(request.algorithm, request.settings, statuses, request)
     rounds = algorithm.rounds_for(request.rounds)
     mode = mode_of(algorithm)
-    alone = _plan_private_alone(request, mode, statuses) if request.baselines and Private.key in mode else None
+    alone = spending.plan_private_alone(request, mode, statuses) if request.baselines and Private.key in mode else None
     config = {**request.config, "algorithm": algorithm.name, "features": algorithm.features.spec, "rounds": rounds,
               "training": algorithm.training(), **mode}
     if Secure.key in mode:
         log.info("secure aggregation: each round only the sum of at least %d sites is unmasked",
                  mode[Secure.key]["threshold"])
     if Private.key in mode:
-        p = mode[Private.key]
-        log.info("privacy: this run spends epsilon %.3g per site (delta %g): %d noisy steps per site, noise "
-                 "multiplier %.4g", p["epsilon_per_site"], p["delta"], p["noisy_steps_per_site"], p["noise_multiplier"])
-    return _train(sites, algorithm, rounds, State(), config, features_of_test_set(algorithm.features, X_test), y_test,
-                  out=request.out, resilience=request.resilience, baselines=request.baselines, ceiling=ceiling,
-                  histogram=histogram, alone=alone)
+        spending.log_plan(mode[Private.key])
+    return Planned(algorithm, rounds, config, alone)
+
+
+def run(sites: Sequence[Site], request: RunRequest, X_test: np.ndarray, y_test: np.ndarray, *,
+        ceiling: Callable[[float, str], dict] | None = None, histogram: Histogram | None = None,
+        planned: Planned | None = None) -> Outcome:
+    """Plan ``request`` over ``sites`` (or take ``planned``: :func:`plan`), train, score the
+    baselines if asked, write the outputs.
+
+    ``X_test``: the public test set's (n, 784) uint8 images (their features are computed here).
+    ``ceiling(C, features)`` and ``histogram``: what only a simulation can compute from pooled rows
+    (``fl_syft.simulate``): the centralized ceiling's model for the run's C and feature map, and
+    each site's rows per digit.
+    """
+    planned = planned or plan(sites, request)
+    algorithm = planned.algorithm
+    return _train(sites, algorithm, planned.rounds, State(), planned.config,
+                  features_of_test_set(algorithm.features, X_test), y_test, out=request.out,
+                  resilience=request.resilience, baselines=request.baselines, ceiling=ceiling, histogram=histogram,
+                  alone=planned.alone)
 
 
 def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.ndarray, *,
-           rounds: int | None = None, resilience: Resilience = Resilience()) -> Outcome:
-    """Continue ``saved`` from its last completed round to ``rounds`` (default: the rounds it planned)."""
+           rounds: int | None = None, resilience: Resilience = Resilience(),
+           replanned: Algorithm | None = None) -> Outcome:
+    """Continue ``saved`` from its last completed round to ``rounds`` (default: the rounds it
+    planned); under DP the remaining rounds' noise is replanned from the sites' ledgers
+    (``spending.replan``, or ``replanned``: its result): a round charged but lost is accounted,
+    and the run still ends within what it was to spend."""
     rounds = saved.check(rounds, resilience)
+    done = len(saved.history)
     config = {**saved.config, "rounds": rounds}
-    log.info("resuming %s after round %d of %d", saved.out, len(saved.history), rounds)
-    if len(saved.history) >= rounds:
-        log.info("nothing to do: %d of %d rounds already completed", len(saved.history), rounds)
+    log.info("resuming %s after round %d of %d", saved.out, done, rounds)
+    if done >= rounds:
+        log.info("nothing to do: %d of %d rounds already completed", done, rounds)
         return Outcome(saved.params, saved.history, config=config)
-    return _train(sites, saved.algorithm, rounds, State(saved.params, saved.history), config,
-                  features_of_test_set(saved.algorithm.features, X_test), y_test, out=saved.out, resilience=resilience)
+    algorithm = replanned or spending.replan(saved.algorithm, sites, done, rounds)
+    config.update(mode_of(algorithm), training=algorithm.training())
+    return _train(sites, algorithm, rounds, State(saved.params, saved.history), config,
+                  features_of_test_set(algorithm.features, X_test), y_test, out=saved.out, resilience=resilience)
 
 
 def secure_by_default(algorithm: str) -> bool:
@@ -211,24 +244,29 @@ def run_over(addresses: Sequence, password: Any, request: RunRequest, data: str,
     """:func:`run` over running datasites: the public test set loaded, the sites connected and the
     request's vetted functions approved there (``scientist.connect``)."""
     from fl_syft.common.data import load_mnist
-    from fl_syft.scientist.connect import connect
+    from fl_syft.scientist.connect import approve, connect
 
     request.check()
     mnist = load_mnist(data)
-    sites = connect(addresses, password, request.functions(), approval_timeout)
-    return run(sites, request, mnist.X_test, mnist.y_test)
+    sites = connect(addresses, password)
+    planned = plan(sites, request)  # refused here, before anything is submitted
+    approve(sites, request.functions(), approval_timeout)
+    return run(sites, request, mnist.X_test, mnist.y_test, planned=planned)
 
 
 def resume_over(addresses: Sequence, password: Any, saved: Resume, data: str, *, rounds: int | None = None,
                 resilience: Resilience = Resilience(), approval_timeout: float = 60.0) -> Outcome:
     """:func:`resume` over running datasites (as :func:`run_over`)."""
     from fl_syft.common.data import load_mnist
-    from fl_syft.scientist.connect import connect
+    from fl_syft.scientist.connect import approve, connect
 
-    saved.check(rounds, resilience)
+    if len(saved.history) >= saved.check(rounds, resilience):  # nothing to do: no site is needed
+        return resume([], saved, np.empty((0, 784), np.uint8), np.empty(0, np.int64), rounds=rounds)
     mnist = load_mnist(data)
-    sites = connect(addresses, password, saved.functions(), approval_timeout)
-    return resume(sites, saved, mnist.X_test, mnist.y_test, rounds=rounds, resilience=resilience)
+    sites = connect(addresses, password)
+    replanned = spending.replan(saved.algorithm, sites, len(saved.history), saved.check(rounds))  # refused up front
+    approve(sites, saved.functions(), approval_timeout)
+    return resume(sites, saved, mnist.X_test, mnist.y_test, rounds=rounds, resilience=resilience, replanned=replanned)
 
 
 def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: State, config: dict,
@@ -238,15 +276,21 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     """Train, score and write (``X_test``: the test set's features on ``algorithm.features``;
     ``alone``: under DP, the request each site alone runs with, :func:`_plan_private_alone`)."""
     scores: dict = {}
+    saved = len(state.history) if out else 0  # the rounds out's checkpoint holds
 
     def save(params: dict, history: list[dict]) -> None:
+        nonlocal saved
         if out:
             write_outputs(out, metrics(config, history, scores), params, algorithm.features)
+            saved = len(history)
 
-    state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
+    try:
+        state = algorithm.run(sites, X_test, y_test, rounds=rounds, state=state, on_round=save, resilience=resilience)
+    except SitesFailed as e:
+        raise SitesFailed(f"{e.template}; {_after_failure(saved, out, config.get('command'))}") from None
     mode = mode_of(algorithm)
     if alone:
-        _alone_baselines(scores, alone, sites, X_test, y_test, resilience)
+        spending.alone_baselines(scores, alone, sites, X_test, y_test, resilience)
     elif baselines and mode:
         why = "with secure aggregation no site's own model is revealed"
         log.info("baselines dropped: %s", why)
@@ -261,8 +305,8 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
                                          for s in (site.privacy() for site in sites)}
         log.info("epsilon spent per site: %s", ", ".join(f"{k} {v['epsilon']:.4g} of {v['of']:.4g}"
                                                           for k, v in doc["final"]["epsilon_spent"].items()))
-    log.info("final global test accuracy %.2f%% (the model of round %d; %d rounds run: %s)",
-             100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], len(state.history),
+    log.info("final global test accuracy %.2f%% (the model of round %d; %s run: %s)",
+             100 * doc["final"]["global_test_accuracy"], doc["final"]["round"], counted(len(state.history), "round"),
              doc["final"]["stopped"])
     outcome = Outcome(state.params, state.history, scores, config=config)
     if out:
@@ -274,54 +318,13 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
     return outcome
 
 
-def _alone_baselines(scores: dict, request: RunRequest, sites: Sequence[Site], X_test: np.ndarray,
-                     y_test: np.ndarray, resilience: Resilience) -> None:
-    """Each site alone under DP, planned again from what the ledgers hold now (a retried call or
-    another account may have spent more than the federated run planned); if any site no longer
-    has the budget, none runs and the scores say why."""
-    eps = request.epsilon
-    try:
-        replanned = {site.name: build(request.algorithm, request.settings, [site.privacy()], request) for site in sites}
-    except ConfigError as e:
-        scores["dropped"] = f"each site alone at epsilon {eps:.3g} no longer fits a site's budget: {e}"
-        log.warning("baselines dropped: %s", scores["dropped"])
-        return
-    log.info("baselines: each site alone at epsilon %.3g", eps)
-    scores["private_alone"] = reference.private_alone(replanned, sites, X_test, y_test, resilience)
-    for name, value in scores["private_alone"].items():
-        if "error" in value:
-            log.warning("baseline %s alone failed: %s", name, value["error"])
-        else:
-            log.info("baseline %s alone: %.2f%% (epsilon %.3g)", name, 100 * value["test_accuracy"], value["epsilon"])
-
-
-def _plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) -> RunRequest:
-    """Under DP, each site alone at the federated run's epsilon (its DP settings, without secure
-    aggregation: its own noise): planned now, on the sites' budgets as the federated run will
-    leave them, so that a site without the budget for both is refused before anything runs.
-    Returns the request each site alone runs with."""
-    plan = mode[Private.key]
-    eps = plan["epsilon_per_site"]
-    # The run's own DP settings, except the one step per round that secure aggregation forces.
-    kept = {k: v for k, v in request.settings.items() if k != "local_steps" or Secure.key not in mode}
-    asked = dataclasses.replace(request, secure=False, rounds=None, epsilon=eps, settings=kept)
-    totals = []
-    for status in statuses:
-        name = status["site"]
-        if status["policy"].get("require_secure_aggregation"):
-            raise ConfigError(f"--baselines: {name} requires secure aggregation, which a site alone cannot have: "
-                              "drop --baselines")
-        later = reference.after(status, plan["noise_multiplier"], plan["noisy_steps_per_site"])
-        try:
-            own = build(request.algorithm, asked.settings, [later], asked).data
-        except ConfigError as e:
-            raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to its "
-                              f"budget after this run's: {e} (drop --baselines, or ask for less --epsilon)") from None
-        both = reference.after(later, own["noise_multiplier"], own["noisy_steps_per_site"])["epsilon_spent"]
-        totals.append(f"{name} {both:.4g} of {status['policy']['epsilon']:.4g}")
-    log.info("baselines under DP: each site also trains alone at epsilon %.3g (its own noise), charged to its "
-             "budget; after both runs: %s", eps, ", ".join(totals))
-    return asked
+def _after_failure(saved: int, out: Path | None, command: str | None) -> str:
+    """What a failed run leaves and how to go on from it."""
+    if command == "simulate":
+        return "a simulation keeps no state to resume from: run it again"
+    if not saved:
+        return "nothing is saved (no round completed, or no --out): run it again once the sites are back"
+    return f"rounds 1..{saved} are saved in {out}: once the sites are back, fl-syft run --resume {out}"
 
 
 def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,
@@ -333,9 +336,10 @@ def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, 
     scores = {"local_only": reference.local_only(sites, X_test, y_test, features=algorithm.features, C=C,
                                                  holdout=_holdout(algorithm), seed=seed, resilience=resilience)}
     if ceiling is not None:
+        started = time.perf_counter()
         best = ceiling(C, algorithm.features.name)
         scores["centralized"] = {"test_accuracy": score(best["params"], X_test, y_test)["accuracy"],
-                                 "n_iter": best["n_iter"],
+                                 "n_iter": best["n_iter"], "seconds": time.perf_counter() - started,
                                  "note": "pooled shards: computable only in simulation"}
     for name, value in sorted(scores.items()):
         log.info("baseline %s: %s", name, _describe_baseline(value))

@@ -95,12 +95,12 @@ class SecureSum:
         if failed:
             raise SitesFailed(f"round {rnd}: {', '.join(sorted(failed))} masked but did not confirm the survivors "
                               f"({'; '.join(failed.values())}): a site reveals shares only if every survivor signed "
-                              "the same survivor set, so nothing is unmasked; resume with --resume")
+                              "the same survivor set, so nothing is unmasked")
         request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors, "signatures": signed}}
         shares, failed = self._each(survivors, lambda s: s.secagg(request))
         if len(shares) < self.threshold:
             raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
-                              f"needed ({'; '.join(failed.values())}); nothing is unmasked; resume with --resume")
+                              f"needed ({'; '.join(failed.values())}); nothing is unmasked")
         held = [answer["unmask"] for answer in shares.values()]
         total = np.zeros(lengths[survivors[0]], np.uint64)
         for m in masked.values():
@@ -111,7 +111,7 @@ class SecureSum:
             parts = [(h[name]["index"], bytes.fromhex(h[name][kind])) for h in held if kind in h.get(name, {})]
             if len(parts) < self.threshold:
                 raise SitesFailed(f"round {rnd}: {len(parts)} shares of {name}'s {kind}, {self.threshold} needed; "
-                                  "the sum cannot be unmasked; resume with --resume")
+                                  "the sum cannot be unmasked")
             secret = secagg.combine(parts)
             if kind == "seed":
                 total = total - secagg.prg(secret, len(total))
@@ -135,7 +135,7 @@ class SecureSum:
     def _enough(self, rnd: int, answers: dict, dropped: dict[str, str], what: str) -> None:
         if len(answers) < self.threshold:
             raise SitesFailed(f"round {rnd}: {len(answers)} sites left while {what} ({'; '.join(dropped.values())}), "
-                              f"secure aggregation needs {self.threshold}; nothing is unmasked; resume with --resume")
+                              f"secure aggregation needs {self.threshold}; nothing is unmasked")
 
 
 def _signature(site: str, answer: object) -> bytes:

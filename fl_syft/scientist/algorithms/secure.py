@@ -45,9 +45,10 @@ class Secure(Wrapper):
         summed = self.summed
         secure = self._session.round(rnd, self.function, sent, config, list(summed.fields), summed.weight)
         wall = time.perf_counter() - started
-        return Collected(summed.unpack(secure.total), {name: ({}, wall) for name in secure.survivors}, secure.dropped,
+        # No site's answer is seen, nor its own time: the sites are timed together (the round's record).
+        return Collected(summed.unpack(secure.total), {name: ({}, None) for name in secure.survivors}, secure.dropped,
                          {"secure_aggregation": {"survivors": secure.survivors, "threshold": self.threshold,
-                                                 "seconds": secure.seconds}})
+                                                 "seconds": {**secure.seconds, "round": wall}}})
 
     def describe(self) -> list[tuple[str, str]]:
         return [*super().describe(), ("secure aggregation", f"threshold {self.threshold}: the scientist sees only "
