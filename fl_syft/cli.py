@@ -87,7 +87,8 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
     add_connect_args(p)
-    p.add_argument("--data", type=data_source, default="embedded", help="source of the public test set")
+    p.add_argument("--data", type=data_source, default=None,
+                   help="source of the public test set (default embedded; with --resume: the run's)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue the run whose --out was DIR from its last completed round")
     add_algorithm_args(p)
@@ -196,6 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     res = resilience(args)
     saved, rounds, request = None, getattr(args, "rounds", None), None
+    if args.data is None and not args.resume:
+        args.data = "embedded"
     if args.resume:
         given = [*given_settings(args), *["algorithm"] * (args.algorithm is not None),
                  *["features"] * (args.features is not None),
@@ -210,17 +213,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         request = run_request(args, "run", resilience=res)
     connection = args.connection
-    if args.datasite:
-        addresses, password = url_addresses(args.datasite, args.email), ds_password(None)
+    if args.datasite:  # (a --connection beside them is not read: not saved either)
+        addresses, password, connection = url_addresses(args.datasite, args.email), ds_password(None), None
     elif connection is None and saved is not None and saved.config.get("datasites"):
         addresses, password, connection = _sites_of(saved.config)
     else:
         connection = connection or DEFAULT_CONNECTION
         addresses, password = read_connection(connection), ds_password(connection)
     res.check(len(addresses))
-    if saved is not None:
-        runs.resume_over(addresses, password, saved, args.data, rounds=rounds, resilience=res,
-                         approval_timeout=args.approval_timeout)
+    if saved is not None:  # scored on the test set it was scored on, unless another is given
+        runs.resume_over(addresses, password, saved, args.data or saved.config.get("data", "embedded"),
+                         rounds=rounds, resilience=res, approval_timeout=args.approval_timeout)
     else:
         request = dataclasses.replace(request, config={**request.config, **_where_sites_are(addresses, connection)})
         runs.run_over(addresses, password, request, args.data, approval_timeout=args.approval_timeout)
@@ -346,13 +349,14 @@ def _resume_hint(args: argparse.Namespace | None, started: float) -> str:
     if command not in ("run", "demo") or out is None:
         return ""
     checkpoint = out / "checkpoint.npz"
-    if not checkpoint.exists() or checkpoint.stat().st_mtime < started:
+    # A resumed run's checkpoint was there before it started; a new run's is its own only if newer.
+    if not checkpoint.exists() or (not getattr(args, "resume", None) and checkpoint.stat().st_mtime < started):
         return f" before a round completed: nothing was saved in {out}"
     from fl_syft.scientist.outputs import read_checkpoint
 
     done = len(read_checkpoint(out)[1])
-    restart = (f"restart the sites with fl-syft launch --keep --state-dir {args.state_dir}, then "
-               if command == "demo" else "")
+    restart = (f"restart the sites with fl-syft launch --keep --state-dir {args.state_dir} and the demo's owner "
+               "flags, then " if command == "demo" else "")
     return f" after round {done}: rounds 1..{done} are saved in {out}; to continue: {restart}fl-syft run --resume {out}"
 
 

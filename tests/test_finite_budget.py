@@ -16,6 +16,7 @@ from fl_syft.common.errors import ConfigError
 from fl_syft.owner.policy import owner_policy
 from fl_syft.scientist import privacy, runs
 from fl_syft.scientist.algorithms.private import noise_scaled_lr
+from fl_syft.scientist.privacy import NoSignal
 from fl_syft.scientist.rounds import Resilience, SitesFailed
 from fl_syft.simulate import local_sites
 
@@ -54,14 +55,21 @@ def test_a_second_run_on_a_spent_budget_is_refused_before_anything_is_charged(tm
 
 
 def test_the_signal_rule_and_its_fix():
-    # Noise multiplier at least the rows one step sums: refused, with the rounds that would fit.
-    with pytest.raises(ConfigError) as refused:
-        privacy.check_signal(4000.0, 1000, 1000, 10, "x over")
-    assert "needs noise multiplier 4e+03, at least the 1000 rows one step sums" in refused.value.for_cli()
-    assert "take fewer --rounds (at most 6 at 10 noisy steps per round)" in refused.value.for_cli()
-    privacy.check_signal(999.0, 1000, 1000, 10, "x over")
-    with pytest.raises(ConfigError, match="above the 1e\\+06 the sites admit"):
-        privacy.check_signal(2e6, None, 10, 1, "x over")
+    # 500 rows per unit of the whole run's noise (100 steps at 100: one release at 10) is 50: the least admitted.
+    privacy.check_signal(100.0, 500, 100, "x over", pooled=False)
+    with pytest.raises(NoSignal) as refused:
+        privacy.check_signal(101.0, 500, 100, "x over", pooled=False)
+    line = refused.value.for_cli()
+    assert "x over 100 noisy steps needs noise multiplier 101" in line and "under the 50 a run needs" in line
+    assert "nothing was trained or charged" in line and "--keep --dp-epsilon" in line
+    assert "pool the sites' rows with --secure-aggregation" in line
+    # Fewer steps, each with less noise, for the same budget: the same run, refused the same.
+    with pytest.raises(NoSignal):
+        privacy.check_signal(101.0 / 2, 500, 25, "x over", pooled=False)
+    with pytest.raises(NoSignal, match="rounds 1..3 stay saved"):
+        privacy.check_signal(101.0, 500, 100, "resuming over", pooled=True, done=3)
+    with pytest.raises(NoSignal, match="above the 1e\\+06 the sites admit"):
+        privacy.check_signal(2e6, None, 10, "x over", pooled=True)
 
 
 def test_a_lost_charged_round_is_replanned_and_the_run_ends_within_its_budget(tmp_path):
@@ -83,7 +91,7 @@ def test_a_lost_charged_round_is_replanned_and_the_run_ends_within_its_budget(tm
     out = tmp_path / "out"
     with pytest.raises(SitesFailed) as failed:
         runs.run(sites, runs.RunRequest(rounds=5, features="pixels", out=out, resilience=Resilience(0)), X, y)
-    assert str(failed.value).endswith(f"rounds 1..2 are saved in {out}: once the sites are back, fl-syft run "
+    assert str(failed.value).endswith(f"rounds 1..2 are saved in {out}: once the cause is fixed, fl-syft run "
                                       f"--resume {out}")
     sites[0].call = real
     saved = runs.Resume.read(out)
@@ -165,3 +173,11 @@ def test_composition_is_stated_with_what_each_site_had_spent(tmp_path, caplog):
     assert f"site-1 {first:.4g} -> 1 of 1" in line and "not as a sum of epsilons" in line
     assert epsilon([outcome.config["privacy"]["noise_multiplier"]] * outcome.config["privacy"][
         "noisy_steps_per_site"], 1e-5) == pytest.approx(this_run, rel=1e-6)
+
+
+def test_counts_read_as_english():
+    from fl_syft.common.errors import counted
+
+    assert (counted(1, "round"), counted(2, "round"), counted(0, "peer")) == ("1 round", "2 rounds", "0 peers")
+    policy = owner_policy(threshold=1).with_peers({"site-1": "00" * 32}).privacy
+    assert "secure aggregation with 1 peer, threshold 1" in policy.describe()

@@ -100,7 +100,7 @@ def test_resume_of_a_finished_run_does_nothing(deployment, small_idx, tmp_path, 
     assert main(run_args(deployment, small_idx, out, "--rounds", "1")) == 0
     mtime = os.path.getmtime(out / "model.npz")
     assert main(["run", "--resume", str(out), "--connection", str(deployment.connection_file)]) == 0
-    assert "nothing to do: 1 of 1 rounds already completed" in capsys.readouterr().err
+    assert "nothing to do: 1 round already completed (1 round asked for)" in capsys.readouterr().err
     assert os.path.getmtime(out / "model.npz") == mtime
 
 

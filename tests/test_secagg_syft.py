@@ -61,7 +61,7 @@ def test_the_secure_sum_is_the_plain_sum_and_masks_hide_each_update(deployment, 
     outcome = run(sites, REQUEST, small.X_test, small.y_test)
     record = outcome.history[0]
     assert record["secure_aggregation"]["survivors"] == [f"site-{i}" for i in range(1, 6)]
-    assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "masking", "unmask"}
+    assert set(record["secure_aggregation"]["seconds"]) == {"keys", "masked_update", "masking", "unmask", "round"}
     assert "train_accuracy" not in json.dumps(record["sites"])  # no site's own result reaches the scientist
     assert {"masked", "next_keys", "mask_seconds"} <= set(seen[0])  # and nothing of the result
     assert not {"coef", "intercept", "train_accuracy"} & set(seen[0])

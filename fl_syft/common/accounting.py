@@ -21,6 +21,13 @@ import math
 from collections.abc import Iterable
 
 MAX_EPSILON = 1e4  # beyond any meaningful budget: the search interval for epsilon
+COMPOSITION = ("spends compose by their noise (each release's sigma^-2 adds up), not as a sum of epsilons, so the "
+               "total after a run is less than spent-before plus this run's epsilon")
+
+
+def expand(counts: dict[str, int]) -> list[float]:
+    """The noise multipliers of releases counted as a site publishes them ({repr(multiplier): count})."""
+    return [float(s) for s, n in counts.items() for _ in range(n)]
 
 
 def combined_noise(noise_multipliers: Iterable[float]) -> float:

@@ -66,12 +66,11 @@ def local_only(sites: Sequence[Site], X_test: np.ndarray, y_test: np.ndarray, *,
 def after(status: dict, noise_multiplier: float, releases: int) -> dict:
     """A site's published ``status`` as it will read once it has released ``releases`` more noisy
     steps at ``noise_multiplier`` (to plan a second run before the first has run)."""
-    from fl_syft.common.accounting import epsilon
+    from fl_syft.common.accounting import epsilon, expand
 
     released = dict(status["noise_multipliers"])
     released[repr(noise_multiplier)] = released.get(repr(noise_multiplier), 0) + releases
-    sigmas = [float(s) for s, n in released.items() for _ in range(n)]
-    spent = epsilon(sigmas, status["policy"]["delta"])
+    spent = epsilon(expand(released), status["policy"]["delta"])
     return {**status, "noise_multipliers": released, "epsilon_spent": spent,
             "epsilon_remaining": max(0.0, status["policy"]["epsilon"] - spent)}
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fl_syft.common.accounting import COMPOSITION
 from fl_syft.common.files import write_private
 from fl_syft.scientist.algorithms import Algorithm
-from fl_syft.scientist.spending import COMPOSITION
+from fl_syft.scientist.algorithms.private import noise_of
 
 
 def write_report(out: Path, doc: dict, algorithm: Algorithm, params: dict, X_test: np.ndarray,
@@ -179,9 +180,8 @@ def _privacy_section(plan: dict, final: dict, threshold: int | None) -> list[str
              "protected is one row of that site's data (add/remove-one-row neighbouring), against the data scientist "
              "whatever code parameters and models they send. Every call on private rows is charged to the site's "
              "ledger before it runs (accounting: dp-accounting, analytic Gaussian).", "",
-             f"This run: {plan['noisy_steps_per_site']} noisy gradient steps per site, each row's gradient clipped "
-             f"to {next(iter(plan['sites'].values()))['policy']['clip']:g}, Gaussian noise multiplier "
-             f"{plan['noise_multiplier']:.4g}: epsilon {plan['epsilon_per_site']:.3g} per site at delta "
+             f"This run: each row's gradient clipped to {next(iter(plan['sites'].values()))['policy']['clip']:g}, "
+             f"Gaussian {noise_of(plan)}: epsilon {plan['epsilon_per_site']:.3g} per site at delta "
              f"{plan['delta']:g}.", "",
              *([f"Secure aggregation with distributed noise: each round the scientist saw only the sum of at least "
                 f"{threshold} sites' updates, each site adding 1/sqrt({threshold}) of the noise variance, so the sum "

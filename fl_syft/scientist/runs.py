@@ -146,7 +146,8 @@ class Resume:
             raise ConfigError(f"{{rounds}} must be at least 1, got {rounds}")
         if rounds is None:
             return self.config["rounds"]
-        # Under DP the remaining rounds are replanned (``spending.replan``): any count fits the budget.
+        # Under DP the remaining rounds are replanned (``spending.replan``), which refuses a count
+        # the budget left cannot carry.
         return rounds if Private.key in mode_of(algorithm) else algorithm.rounds_for(rounds)
 
     def functions(self) -> tuple[Callable, ...]:
@@ -223,14 +224,19 @@ def resume(sites: Sequence[Site], saved: Resume, X_test: np.ndarray, y_test: np.
     rounds = saved.check(rounds, resilience)
     done = len(saved.history)
     config = {**saved.config, "rounds": rounds}
-    log.info("resuming %s after round %d of %d", saved.out, done, rounds)
     if done >= rounds:
-        log.info("nothing to do: %d of %d rounds already completed", done, rounds)
-        return Outcome(saved.params, saved.history, config=config)
+        return _nothing_to_do(saved, rounds)
+    log.info("resuming %s after round %d of %d", saved.out, done, rounds)
     algorithm = replanned or spending.replan(saved.algorithm, sites, done, rounds)
     config.update(mode_of(algorithm), training=algorithm.training())
     return _train(sites, algorithm, rounds, State(saved.params, saved.history), config,
                   features_of_test_set(algorithm.features, X_test), y_test, out=saved.out, resilience=resilience)
+
+
+def _nothing_to_do(saved: Resume, rounds: int) -> Outcome:
+    log.info("nothing to do: %s already completed (%s asked for)", counted(len(saved.history), "round"),
+             counted(rounds, "round"))
+    return Outcome(saved.params, saved.history, config={**saved.config, "rounds": rounds})
 
 
 def secure_by_default(algorithm: str) -> bool:
@@ -260,11 +266,12 @@ def resume_over(addresses: Sequence, password: Any, saved: Resume, data: str, *,
     from fl_syft.common.data import load_mnist
     from fl_syft.scientist.connect import approve, connect
 
-    if len(saved.history) >= saved.check(rounds, resilience):  # nothing to do: no site is needed
-        return resume([], saved, np.empty((0, 784), np.uint8), np.empty(0, np.int64), rounds=rounds)
+    to = saved.check(rounds, resilience)
+    if len(saved.history) >= to:
+        return _nothing_to_do(saved, to)  # no site is needed
     mnist = load_mnist(data)
     sites = connect(addresses, password)
-    replanned = spending.replan(saved.algorithm, sites, len(saved.history), saved.check(rounds))  # refused up front
+    replanned = spending.replan(saved.algorithm, sites, len(saved.history), to)  # refused up front
     approve(sites, saved.functions(), approval_timeout)
     return resume(sites, saved, mnist.X_test, mnist.y_test, rounds=rounds, resilience=resilience, replanned=replanned)
 
@@ -274,7 +281,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
            baselines: bool = False, ceiling: Callable[[float, str], dict] | None = None,
            histogram: Histogram | None = None, alone: RunRequest | None = None) -> Outcome:
     """Train, score and write (``X_test``: the test set's features on ``algorithm.features``;
-    ``alone``: under DP, the request each site alone runs with, :func:`_plan_private_alone`)."""
+    ``alone``: under DP, the request each site alone runs with, :func:`spending.plan_private_alone`)."""
     scores: dict = {}
     saved = len(state.history) if out else 0  # the rounds out's checkpoint holds
 
@@ -290,7 +297,7 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
         raise SitesFailed(f"{e.template}; {_after_failure(saved, out, config.get('command'))}") from None
     mode = mode_of(algorithm)
     if alone:
-        spending.alone_baselines(scores, alone, sites, X_test, y_test, resilience)
+        spending.run_private_alone(scores, alone, sites, X_test, y_test, resilience)
     elif baselines and mode:
         why = "with secure aggregation no site's own model is revealed"
         log.info("baselines dropped: %s", why)
@@ -319,12 +326,14 @@ def _train(sites: Sequence[Site], algorithm: Algorithm, rounds: int, state: Stat
 
 
 def _after_failure(saved: int, out: Path | None, command: str | None) -> str:
-    """What a failed run leaves and how to go on from it."""
+    """What a failed run leaves and how to go on from it (once its cause, named before, is fixed:
+    a site down, or refusing by its owner's policy, which asking again does not change)."""
     if command == "simulate":
         return "a simulation keeps no state to resume from: run it again"
     if not saved:
-        return "nothing is saved (no round completed, or no --out): run it again once the sites are back"
-    return f"rounds 1..{saved} are saved in {out}: once the sites are back, fl-syft run --resume {out}"
+        return "nothing is saved (no round completed, or no --out)"
+    again = " (restart the demo's sites with fl-syft launch --keep)" if command == "demo" else ""
+    return f"rounds 1..{saved} are saved in {out}: once the cause is fixed{again}, fl-syft run --resume {out}"
 
 
 def _baselines(sites: Sequence[Site], algorithm: Algorithm, X_test: np.ndarray, y_test: np.ndarray,

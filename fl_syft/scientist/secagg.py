@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fl_syft.common import secagg
-from fl_syft.common.errors import one_line
+from fl_syft.common.errors import counted, one_line
 from fl_syft.common.protocol import SECAGG_KEY
 from fl_syft.scientist.rounds import Resilience, Site, SitesFailed
 
@@ -99,8 +99,8 @@ class SecureSum:
         request = {"unmask": {"session": self.session, "rnd": rnd, "survivors": survivors, "signatures": signed}}
         shares, failed = self._each(survivors, lambda s: s.secagg(request))
         if len(shares) < self.threshold:
-            raise SitesFailed(f"round {rnd}: only {len(shares)} sites answered the unmasking, {self.threshold} "
-                              f"needed ({'; '.join(failed.values())}); nothing is unmasked")
+            raise SitesFailed(f"round {rnd}: only {counted(len(shares), 'site')} answered the unmasking, "
+                              f"{self.threshold} needed ({'; '.join(failed.values())}); nothing is unmasked")
         held = [answer["unmask"] for answer in shares.values()]
         total = np.zeros(lengths[survivors[0]], np.uint64)
         for m in masked.values():
@@ -134,8 +134,9 @@ class SecureSum:
 
     def _enough(self, rnd: int, answers: dict, dropped: dict[str, str], what: str) -> None:
         if len(answers) < self.threshold:
-            raise SitesFailed(f"round {rnd}: {len(answers)} sites left while {what} ({'; '.join(dropped.values())}), "
-                              f"secure aggregation needs {self.threshold}; nothing is unmasked")
+            raise SitesFailed(f"round {rnd}: {counted(len(answers), 'site')} left while {what} "
+                              f"({'; '.join(dropped.values())}), secure aggregation needs {self.threshold}; "
+                              "nothing is unmasked")
 
 
 def _signature(site: str, answer: object) -> bytes:

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fl_syft.common.accounting import epsilon
+from fl_syft.common.accounting import COMPOSITION, epsilon, expand
 from fl_syft.common.errors import ConfigError
 from fl_syft.scientist import baselines as reference
 from fl_syft.scientist.algorithms import Algorithm, build, compose, mode_of
 from fl_syft.scientist.algorithms.base import Wrapper
 from fl_syft.scientist.algorithms.private import Private
 from fl_syft.scientist.algorithms.secure import Secure
+from fl_syft.scientist.privacy import NoSignal
 from fl_syft.scientist.rounds import Resilience, Site
 
 if TYPE_CHECKING:
@@ -32,18 +33,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fl_syft")
 
-COMPOSITION = ("spends compose by their noise (each release's sigma^-2 adds up), not as a sum of epsilons, so the "
-               "total after a run is less than spent-before plus this run's epsilon")
-
 
 def spend_per_site(plan: dict) -> dict[str, dict]:
     """{site: {"before", "this_run", "after", "budget"}}: epsilon spent before the run, spent by the
-    run on its own, and the two composed (what the site's ledger will hold), from a run's plan."""
+    run on its own, and the two composed (what the site's ledger will hold), from a run's plan as
+    made before it ran (a replanned one's releases are the ledgers' at the replan)."""
     sigma, steps = plan["noise_multiplier"], plan["noisy_steps_per_site"]
     alone = epsilon([sigma] * steps, plan["delta"])
     return {site: {"before": info["spent_before"], "this_run": alone, "budget": info["policy"]["epsilon"],
-                   "after": epsilon([*(float(s) for s, n in info["released"].items() for _ in range(n)),
-                                     *[sigma] * steps], info["policy"]["delta"])}
+                   "after": epsilon([*expand(info["released"]), *[sigma] * steps], info["policy"]["delta"])}
             for site, info in plan["sites"].items()}
 
 
@@ -101,9 +99,10 @@ def plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) ->
         later = reference.after(status, plan["noise_multiplier"], plan["noisy_steps_per_site"])
         try:
             own = build(request.algorithm, asked.settings, [later], asked).data
-        except ConfigError as e:
-            raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to its "
-                              f"budget after this run's: {e} (drop --baselines, or ask for less --epsilon)") from None
+        except ConfigError as e:  # (its placeholders kept: the CLI shows them as flags)
+            fix = "drop --baselines" if isinstance(e, NoSignal) else "drop --baselines, or ask for less {epsilon}"
+            raise ConfigError(f"--baselines under DP trains each site alone at epsilon {eps:.3g} too, charged to "
+                              f"its budget after this run's: {e.template} ({fix})") from None
         both = reference.after(later, own["noise_multiplier"], own["noisy_steps_per_site"])["epsilon_spent"]
         totals.append(f"{name} {both:.4g} of {status['policy']['epsilon']:.4g}")
     log.info("baselines under DP: each site also trains alone at epsilon %.3g (its own noise), charged to its "
@@ -111,7 +110,7 @@ def plan_private_alone(request: RunRequest, mode: dict, statuses: list[dict]) ->
     return asked
 
 
-def alone_baselines(scores: dict, request: RunRequest, sites: Sequence[Site], X_test: np.ndarray,
+def run_private_alone(scores: dict, request: RunRequest, sites: Sequence[Site], X_test: np.ndarray,
                     y_test: np.ndarray, resilience: Resilience) -> None:
     """Each site alone under DP, planned again from what the ledgers hold now (a retried call or
     another account may have spent more than the federated run planned); if any site no longer

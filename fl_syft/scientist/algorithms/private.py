@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_syft.common.accounting import epsilon, noise_for
+from fl_syft.common.accounting import epsilon, expand, noise_for
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.protocol import ML_EXPERIMENT_DP, param_shapes, velocity_shapes
 from fl_syft.scientist import privacy
@@ -103,6 +103,7 @@ def noise_scaled_lr(lr: float, features: str, secure: bool, plan: privacy.Privac
 
 
 def _per_noise(rows: float, sites: int, secure: bool, sigma: float) -> float:
+    """Rows per unit of one step's noise on the averaged gradient (see ``REFERENCE``)."""
     return (rows if secure else rows / np.sqrt(sites)) / sigma
 
 
@@ -174,8 +175,7 @@ class Private(Wrapper):
         chosen = defaults(features, secure, privacy.spendable(statuses, asked.epsilon))
         settings = PrivateSettings(**given).resolved(chosen)
         rounds = asked.rounds or chosen["rounds"]
-        the_plan = privacy.plan(statuses, rounds * settings.local_steps, asked.epsilon, pooled=secure,
-                                per_round=settings.local_steps)
+        the_plan = privacy.plan(statuses, rounds * settings.local_steps, asked.epsilon, pooled=secure)
         scaled = {}
         if given.get("lr") is None:
             lr = noise_scaled_lr(settings.lr, features, secure, the_plan)
@@ -228,35 +228,43 @@ class Private(Wrapper):
         (``statuses``): each site is to end where the run's first plan would have left it (or at
         its budget, if its owner lowered it), so a round charged but lost (a site or the scientist
         killed mid-round) is accounted, not spent again: the remaining rounds get more noise.
-        Unchanged if the plan still fits as it is. ``pooled``: under secure aggregation."""
+        Unchanged if the plan still ends within both as it is. ``pooled``: under secure aggregation.
+        ConfigError if the sites are not the plan's or have nothing left for these rounds."""
         data, steps = self.data, self.settings.local_steps
+        budgets = {b.site: b for b in map(privacy.SiteBudget.from_status, statuses)}
+        if set(budgets) != set(data["sites"]):
+            raise ConfigError(f"this run ran over {', '.join(sorted(data['sites']))}, not "
+                              f"{', '.join(sorted(budgets))}: resume it over the same sites "
+                              "({connection} or {datasite})")
         targets = data.get("targets") or {site: epsilon([*_released(info), *[data["noise_multiplier"]] *
                                                          data["noisy_steps_per_site"]], info["policy"]["delta"])
                                           for site, info in data["sites"].items()}
-        budgets = {b.site: b for b in map(privacy.SiteBudget.from_status, statuses)}
+        limits = {site: min(target, budgets[site].policy.epsilon) for site, target in targets.items()}
         releases = (rounds - done) * steps
-        needed = {}
-        for site, target in targets.items():
+
+        def end(site: str, sigma: float) -> float:
             b = budgets[site]
-            target = min(target, b.policy.epsilon)
+            return epsilon([*b.released, *[sigma] * releases], b.policy.delta)
+
+        # The plan as it is, if it ends within the budget (as the ledger checks it) and the target.
+        if rounds == data["rounds"] and all(end(site, data["noise_multiplier"]) <= min(
+                budgets[site].policy.epsilon * (1 + 1e-10), targets[site] * (1 + 1e-6)) for site in targets):
+            return data
+        needed = []
+        for site, limit in limits.items():
+            b = budgets[site]
             try:
-                needed[site] = noise_for(target, b.policy.delta, releases, b.released)
+                needed.append(noise_for(limit, b.policy.delta, releases, b.released))
             except ValueError:
                 raise ConfigError(f"{site}'s ledger already holds all this run was to spend (epsilon {b.spent:.4g} "
-                                  f"of the {target:.4g} it was to reach): rounds {done + 1}..{rounds} cannot run; "
-                                  f"the model of round {done} is saved") from None
-        sigma = max(needed.values())
-        # Nothing charged beyond the plan (the target is recomputed to ~1e-8: a lost round of even
-        # 5000 would need 1e-4 more noise).
-        if rounds == data["rounds"] and sigma <= data["noise_multiplier"] * (1 + 1e-6):
-            return data
-        sigma = max(sigma * (1 + 1e-9), max(b.policy.min_noise for b in budgets.values()))
-        privacy.check_signal(sigma, privacy.signal_rows(list(budgets.values()), pooled), releases, steps,
-                             f"resuming rounds {done + 1}..{rounds} over")
-        why = (f"{rounds} rounds asked for instead of {data['rounds']}" if rounds != data["rounds"] else
-               "the ledgers held more than the rounds run had released (a round charged, its answer lost)")
-        replan = {"at_round": done + 1, "noise_multiplier_before": data["noise_multiplier"], "why": why,
-                  "noise_multiplier": sigma, "spent_at_replan": {site: b.spent for site, b in budgets.items()}}
+                                  f"of the {limit:.4g} it was to reach): rounds {done + 1}..{rounds} cannot run; "
+                                  f"the model of round {done} is the run's result") from None
+        sigma = max(max(needed) * (1 + 1e-9), max(b.policy.min_noise for b in budgets.values()))
+        privacy.check_signal(sigma, privacy.signal_rows(list(budgets.values()), pooled), releases,
+                             f"resuming rounds {done + 1}..{rounds} over", pooled=pooled, done=done)
+        replan = {"at_round": done + 1, "noise_multiplier_before": data["noise_multiplier"],
+                  "why": self._why(budgets, done, rounds), "noise_multiplier": sigma,
+                  "spent_at_replan": {site: b.spent for site, b in budgets.items()}}
         # From here on each site's releases so far are those its ledger holds (``annotate``).
         sites = {site: {**info, "released": {repr(s): budgets[site].released.count(s)
                                              for s in set(budgets[site].released)}}
@@ -265,10 +273,20 @@ class Private(Wrapper):
                 "noisy_steps_per_site": rounds * steps, "targets": targets,
                 "replans": [*data.get("replans", []), replan]}
 
+    def _why(self, budgets: dict, done: int, rounds: int) -> str:
+        """Why a resume replans: other rounds asked for, and/or ledgers holding more releases than
+        this run's completed rounds made (a round charged whose answer was lost, or other spending)."""
+        data, reasons = self.data, []
+        if rounds != data["rounds"]:
+            reasons.append(f"{rounds} rounds asked for instead of {data['rounds']}")
+        made = (done - data.get("first_round", 1) + 1) * self.settings.local_steps
+        if any(len(b.released) > len(_released(data["sites"][site])) + made for site, b in budgets.items()):
+            reasons.append("the ledgers hold more releases than the completed rounds made (a round charged "
+                           "whose answer was lost, or other spending)")
+        return "; ".join(reasons) or "the plan no longer ends within the budget"
+
     def rounds_for(self, asked: int | None) -> int:
-        if asked not in (None, self.default_rounds):
-            raise ConfigError(f"{{rounds}} {asked}: this run's privacy plan spends its epsilon over "
-                              f"{self.default_rounds} rounds (its noise is fixed): drop {{rounds}}")
+        """The plan's rounds (a fresh plan is made for the rounds asked; a resume replans)."""
         return self.default_rounds
 
     def training(self) -> dict:
@@ -283,18 +301,28 @@ class Private(Wrapper):
 
     def describe(self) -> list[tuple[str, str]]:
         p = self.data
-        dp = (f"epsilon {p['epsilon_per_site']:.3g} per site for this run, delta {p['delta']:g}; noise multiplier "
-              f"{p['noise_multiplier']:.4g} on each of {p['noisy_steps_per_site']} noisy steps per site")
-        for r in p.get("replans", []):
-            dp += (f"; from round {r['at_round']} noise multiplier {r['noise_multiplier']:.4g}, replanned on resume "
-                   "from the sites' ledgers")
+        dp = f"epsilon {p['epsilon_per_site']:.3g} per site for this run, delta {p['delta']:g}; {noise_of(p)}"
         return [*describe_settings(self.inner.settings), *describe_settings(self.settings),
                 ("differential privacy", dp)]
 
 
+def noise_of(plan: dict) -> str:
+    """The plan's noise as a report says it: one multiplier on every noisy step, or, once a resume
+    replanned it, each multiplier with the rounds it was used in."""
+    if not plan.get("replans"):
+        return (f"noise multiplier {plan['noise_multiplier']:.4g} on each of {plan['noisy_steps_per_site']} noisy "
+                "steps per site")
+    segments = [(1, plan["replans"][0]["noise_multiplier_before"]),
+                *((r["at_round"], r["noise_multiplier"]) for r in plan["replans"])]
+    stops = [start - 1 for start, _ in segments[1:]] + [plan["rounds"]]
+    return ("noise multiplier " + ", ".join(f"{sigma:.4g} in rounds {start}-{stop}"
+                                            for (start, sigma), stop in zip(segments, stops, strict=True))
+            + " (replanned on resume from the sites' ledgers)")
+
+
 def _released(site: dict) -> list[float]:
     """A planned site's releases before the run, as noise multipliers."""
-    return [float(s) for s, n in site["released"].items() for _ in range(n)]
+    return expand(site["released"])
 
 
 def _braced(names) -> str:
