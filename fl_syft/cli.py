@@ -1,4 +1,4 @@
-"""Command line: ``fl-syft simulate|launch|serve|run|demo|score|scenarios`` (also ``python -m fl_syft``).
+"""Command line: ``fl-syft simulate|launch|serve|status|run|demo|score|scenarios`` (also ``python -m fl_syft``).
 
 Commands and exit codes only (the flags are ``fl_syft.flags``); the work is in ``owner`` (launch,
 serve), ``scientist`` (runs: one run request, run and resume) and ``simulate``. Every error is one
@@ -18,12 +18,12 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from fl_syft.cli_owner import cmd_launch, cmd_serve, cmd_status, launch_options
 from fl_syft.common.errors import ConfigError, DataError, FlSyftError
 from fl_syft.common.partition import SCENARIO_HELP, SCENARIOS
 from fl_syft.common.policy import DEFAULT_DELTA, DEFAULT_EPSILON
 from fl_syft.flags import (
     DEFAULT_CONNECTION,
-    PARTITION_DEFAULTS,
     Parser,
     add_algorithm_args,
     add_connect_args,
@@ -79,11 +79,22 @@ def build_parser(scenario: str | None = None) -> argparse.ArgumentParser:
                         "not with --keep (the site keeps the rows it holds)")
     g.add_argument("--name", required=True, help="the datasite's name, e.g. hospital-a")
     g.add_argument("--port", type=int, default=54879, help="port to serve on (default 54879)")
-    g.add_argument("--peers", type=Path, default=None, metavar="FILE",
-                   help="the federation's other sites for secure aggregation: JSON {name: verify key}")
+    g.add_argument("--peers", type=Path, default=None, metavar="CARDS",
+                   help="the other data owners' site cards (their card.json; a file, a JSON list of cards, or a "
+                        "directory of *.json cards): secure aggregation among them and this site")
     add_owner_args(g)
     add_policy_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="what your sites approved, ran and spent, read from their files (data owner)")
+    p.add_argument("--state-dir", type=Path, default=Path(".fl-syft"),
+                   help="the state directory serve or launch used (default .fl-syft/), or one site's directory in it")
+    p.add_argument("--json", action="store_true", help="everything (every request, call and ledger) as JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--last", type=int, default=10, metavar="N", help="the last N requests and calls per site "
+                                                                     "(default 10)")
+    g.add_argument("--all", action="store_true", help="every request, call and ledger")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("run", help="federated training over running datasites (data scientist side)")
     add_connect_args(p)
@@ -156,44 +167,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import Deployment, print_table
-
-    opts = _launch_options(args, "launch")
-    with Deployment(opts) as deployment:
-        print_table(deployment.start(), deployment.connection_file, opts.host)
-        log.info("datasites ready; Ctrl-C stops them")
-        deployment.serve_forever()
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import DS_EMAIL, Deployment, print_table
-    from fl_syft.owner.provision import site_identity
-    from fl_syft.owner.serve import ServeOptions
-
-    if (args.data is None) != args.keep:
-        raise ConfigError("{keep} serves the rows the site already holds: drop {data}" if args.keep else
-                          "{data} is needed: the rows to serve (idx:DIR, FILE.npz or FILE.csv)")
-    opts = ServeOptions(data=args.data, name=args.name, port=args.port, host=args.host, state_dir=args.state_dir,
-                        keep=args.keep, reset_privacy_budget=args.reset_privacy_budget, db_url=args.db_url,
-                        verbose=args.verbose, policy=owner_policy_from(args))
-    opts.check()
-    with Deployment(opts) as deployment:
-        table = deployment.start()
-        urls = print_table(table, deployment.connection_file, opts.host)
-        print(f"data scientist: fl-syft run --datasite {urls[0]}  (login {DS_EMAIL}; password: "
-              f"ds_password in {deployment.state / 'secrets.json'}, or FL_SYFT_DS_PASSWORD when this started)")
-        key = site_identity(deployment.state / opts.name, fresh=False)["verify_key"]
-        print(f"verify key of {opts.name} (for the other owners' --peers files): {key}")
-        log.info("%s ready; Ctrl-C stops it", opts.name)
-        deployment.serve_forever()
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from fl_syft.scientist import runs
-    from fl_syft.scientist.connect import ds_password, read_connection, url_addresses
+    from fl_syft.scientist.addresses import ds_password, invite_addresses, read_connection, url_addresses
 
     res = resilience(args)
     saved, rounds, request = None, getattr(args, "rounds", None), None
@@ -213,7 +189,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         request = run_request(args, "run", resilience=res)
     connection = args.connection
-    if args.datasite:  # (a --connection beside them is not read: not saved either)
+    if args.invite:
+        if args.datasite or args.connection:
+            raise ConfigError("{invite} names each site and its login: drop {datasite} and {connection}")
+        addresses, password, connection = invite_addresses(args.invite), None, None
+    elif args.datasite:  # (a --connection beside them is not read: not saved either)
         addresses, password, connection = url_addresses(args.datasite, args.email), ds_password(None), None
     elif connection is None and saved is not None and saved.config.get("datasites"):
         addresses, password, connection = _sites_of(saved.config)
@@ -240,25 +220,28 @@ def _where_sites_are(addresses: list, connection: Path | None) -> dict:
 def _sites_of(config: dict) -> tuple[list, object, Path | None]:
     """(addresses, password, connection file) of the sites a saved run ran with: its connection
     file (which a restarted launcher rewrites) if still there, else the addresses it saved."""
-    from fl_syft.scientist.connect import SiteAddress, ds_password, read_connection
+    from fl_syft.scientist.addresses import SiteAddress, ds_password, read_connection
 
     connection = Path(config["connection"]) if config.get("connection") else None
     if connection is not None and connection.exists():
         addresses, password = read_connection(connection), ds_password(connection)
     else:
-        addresses, password, connection = [SiteAddress(**a) for a in config["datasites"]], ds_password(None), None
+        addresses, connection = [SiteAddress(**a) for a in config["datasites"]], None
+        # Invited sites log in with their invites' passwords (read again: never saved).
+        password = None if all(a.invite for a in addresses) else ds_password(None)
     log.info("resuming over the sites the run ran with: %s", ", ".join(f"{a.label} at {a.url}:{a.port}"
                                                                        for a in addresses))
     return addresses, password, connection
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fl_syft.owner.launch import Deployment, print_table
+    from fl_syft.owner.launch import Deployment
+    from fl_syft.owner.network import print_table
     from fl_syft.scientist import runs
-    from fl_syft.scientist.connect import ds_password, read_connection
+    from fl_syft.scientist.addresses import invite_addresses
 
     args = _demo_budget(args)
-    opts = _launch_options(args, "demo")
+    opts = launch_options(args, "demo")
     res = resilience(args, opts.partition.n_sites)
     partition = {} if opts.keep else {"partition": asdict(opts.partition)}
     request = run_request(args, "demo", secure=runs.secure_by_default(args.algorithm or "fedavg"), baselines=True,
@@ -267,11 +250,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Importing PySyft (~5 s) and the test set's features (~10 s, once): while the sites start.
         print_table(deployment.start(while_starting=lambda: _prepare_scientist(request, args.data)),
                     deployment.connection_file, opts.host)
-        addresses = read_connection(deployment.connection_file)
-        request = dataclasses.replace(request, config={**request.config,
-                                                       **_where_sites_are(addresses, deployment.connection_file)})
-        runs.run_over(addresses, ds_password(deployment.connection_file), request, args.data,
-                      approval_timeout=args.approval_timeout)
+        # The scientist's way in, as for sites anywhere: the invites the sites' owner wrote.
+        addresses = invite_addresses([deployment.state / name / "invite.json" for name in deployment.specs])
+        request = dataclasses.replace(request, config={**request.config, **_where_sites_are(addresses, None)})
+        runs.run_over(addresses, None, request, args.data, approval_timeout=args.approval_timeout)
     return 0
 
 
@@ -302,24 +284,6 @@ def _demo_budget(args: argparse.Namespace) -> argparse.Namespace:
     log.info("demo: each site's budget is epsilon %.3g: the federated run and the site alone each spend %g "
              "(composed, with the published row count; not a sum)", budget, per_run)
     return argparse.Namespace(**{**vars(args), "dp_epsilon": budget, "epsilon": per_run})
-
-
-def _launch_options(args: argparse.Namespace, command: str):
-    """The launcher's options; with ``--keep`` the sites keep their saved rows, so a data or
-    partition flag (which would be ignored) is refused."""
-    from fl_syft.owner.launch import LaunchOptions
-
-    if args.keep:
-        defaults = {**PARTITION_DEFAULTS, **SCENARIOS.get(args.scenario, {})}  # a scenario's preset is not "given"
-        given = [dest for dest, default in defaults.items() if getattr(args, dest) != default]
-        if given:
-            raise ConfigError(f"{braced(given)}: {{keep}} restarts the sites with the rows they hold: drop them")
-    spec = partition_spec(args)
-    opts = LaunchOptions(partition=spec, data=args.data, base_port=args.base_port, host=args.host,
-                         state_dir=args.state_dir, keep=args.keep, reset_privacy_budget=args.reset_privacy_budget,
-                         db_url=args.db_url, verbose=args.verbose, command=command, policy=owner_policy_from(args))
-    opts.check()
-    return opts
 
 
 def main(argv: list[str] | None = None) -> int:

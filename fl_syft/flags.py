@@ -185,11 +185,18 @@ def add_resilience_args(p: argparse.ArgumentParser) -> None:
                    help="seconds before the first retry, doubling after each (default 1)")
     g.add_argument("--min-sites", type=int, default=None,
                    help="continue a round with at least this many sites (default: all must answer)")
+    g.add_argument("--call-timeout", type=float, default=300.0,
+                   help="seconds a site may take to answer one request before the call counts as failed (default 300)")
 
 
 def resilience(args: argparse.Namespace, n_sites: int | None = None) -> Resilience:
     if not args.approval_timeout > 0:
         raise ConfigError(f"{{approval_timeout}} must be > 0 seconds, got {args.approval_timeout}")
+    if not args.call_timeout > 0:
+        raise ConfigError(f"{{call_timeout}} must be > 0 seconds, got {args.call_timeout}")
+    from fl_syft.scientist import transport
+
+    transport.set_timeout(args.call_timeout)  # (not saved with the run: how long to wait is this start's choice)
     res = Resilience(retries=args.retries, backoff=args.retry_backoff, min_sites=args.min_sites)
     res.check(n_sites)
     return res
@@ -210,6 +217,17 @@ def add_owner_args(g: argparse._ArgumentGroup) -> None:
                         "spent, fresh start or not); the old ledger is kept, renamed, and the reset audited")
     g.add_argument("--db-url", default=None, metavar="URL",
                    help="keep datasite state in PostgreSQL (postgresql://USER:PW@HOST:PORT/DB; one DB per site)")
+    g.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                   help="your own TLS certificate (with --tls-key); default: a self-signed one in the state directory, "
+                        "pinned by its fingerprint in the site's invite and card")
+    g.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                   help="the unencrypted private key of --tls-cert")
+    g.add_argument("--public-host", default=None, metavar="HOST",
+                   help="the host name or address scientists reach the sites at, for their invites and cards "
+                        "(default: --host, or this machine's first address for a wildcard --host)")
+    g.add_argument("--insecure-http", action="store_true",
+                   help="serve plain HTTP where TLS is the default (serve; any non-loopback --host): the scientist's "
+                        "password, the models and every update cross the network readable and alterable")
 
 
 DEFAULT_CONNECTION = Path(".fl-syft/datasites.json")
@@ -223,6 +241,9 @@ def add_connect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--datasite", action="append", default=[], metavar="URL",
                    help="explicit datasite address, e.g. http://10.0.0.5:8080 (repeat; overrides --connection)")
     g.add_argument("--email", default="scientist@fl-syft.example.com", help="login for --datasite addresses")
+    g.add_argument("--invite", action="append", type=Path, default=[], metavar="FILE",
+                   help="a site's invite.json from its owner: its address, your login to it and its pinned TLS "
+                        "certificate (repeat, one per site; instead of --connection/--datasite)")
 
 
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:

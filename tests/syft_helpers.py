@@ -84,7 +84,8 @@ def running_deployment(data: str, state: Path, sites: int = 2, policy: dict | No
     from conftest import plain_policy
 
     from fl_syft.common.partition import PartitionSpec
-    from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+    from fl_syft.owner.launch import Deployment, LaunchOptions
+    from fl_syft.owner.network import free_base_port
 
     opts = LaunchOptions(partition=PartitionSpec(sites=sites), data=data, base_port=free_base_port(sites),
                          state_dir=state, policy=policy or plain_policy())

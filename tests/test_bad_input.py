@@ -16,7 +16,7 @@ from conftest import PLAIN, error_line
 
 from fl_syft.cli import main
 from fl_syft.owner import guard
-from fl_syft.owner.launch import free_base_port
+from fl_syft.owner.network import free_base_port
 from fl_syft.vetted.local_training import ml_experiment
 
 ROUNDS = ["--rounds", "1", "--local-iters", "2"]
@@ -111,6 +111,10 @@ def test_non_loopback_host_warns(tmp_path, capsys, small_idx):
      "--lr: not a setting of --algorithm lbfgs"),
     (["demo", "--partition", "dirichlet", "--alpha", "-1"], "--alpha must be > 0"),
     (["demo", "--noisy-sites", "5", "--noise-std", "50"], "--noisy-sites [5] out of range"),
+    # the flag and its range, nothing a user cannot set
+    (["serve", "--dp-clip", "0", "--name", "x", "--data", "rows.csv"], "error: --dp-clip must be within 1e-3..1e3 "
+                                                                       "(the L2 norm each row's gradient is clipped "
+                                                                       "to; default 1), got 0"),
 ])
 def test_invalid_cli_values_exit_2(capsys, argv, message, monkeypatch):
     monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "x")

@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 from conftest import PLAIN, error_line, synthetic_shard
 
-from fl_syft.cli import _launch_options, build_parser, main
+from fl_syft.cli import build_parser, main
+from fl_syft.cli_owner import launch_options
 from fl_syft.common.accounting import epsilon
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.partition import PartitionSpec
 from fl_syft.owner.datasite import shard_sha256
-from fl_syft.owner.launch import LaunchOptions, free_base_port
+from fl_syft.owner.launch import LaunchOptions
 from fl_syft.owner.ledger import DeltaChanged, Ledger, LedgerStore, open_site_ledger, summary
+from fl_syft.owner.network import free_base_port
 from fl_syft.owner.policy import owner_policy
 from fl_syft.owner.serve import ServeOptions
 
@@ -125,7 +127,7 @@ def test_every_owner_command_takes_the_reset_flag(command, tmp_path):
     args = build_parser().parse_args([command, *extra, "--reset-privacy-budget"])
     assert args.reset_privacy_budget is True
     if command != "serve":
-        assert _launch_options(args, command).reset_privacy_budget is True
+        assert launch_options(args, command).reset_privacy_budget is True
 
 
 def test_secure_aggregation_can_be_required_before_the_peers_are_known():
@@ -159,13 +161,15 @@ def stop(proc: subprocess.Popen) -> str:
     return err
 
 
-def published(state: Path, url: str | None = None) -> dict:
-    """The first site's privacy status as the scientist reads it (the ``fl_syft.privacy`` endpoint)."""
-    from fl_syft.scientist.connect import connect, ds_password, read_connection, url_addresses
+def published(state: Path, invite: Path | None = None) -> dict:
+    """The first site's privacy status as the scientist reads it (the ``fl_syft.privacy`` endpoint),
+    through the launcher's connection file or a served site's invite."""
+    from fl_syft.scientist.addresses import ds_password, invite_addresses, read_connection
+    from fl_syft.scientist.connect import connect
 
     connection = state / "datasites.json"
-    addresses = url_addresses([url], "scientist@fl-syft.example.com") if url else read_connection(connection)
-    site = connect(addresses[:1], ds_password(None if url else connection), ())[0]
+    addresses = invite_addresses([invite]) if invite else read_connection(connection)
+    site = connect(addresses[:1], None if invite else ds_password(connection), ())[0]
     return site.privacy()
 
 
@@ -216,25 +220,24 @@ def test_a_fresh_start_keeps_the_rows_budget_and_only_the_owner_resets_it(small_
 
 
 @pytest.mark.syft
-def test_serve_afresh_over_the_same_file_keeps_the_budget(small_idx, tmp_path, monkeypatch):
+def test_serve_afresh_over_the_same_file_keeps_the_budget(small_idx, tmp_path):
     from fl_syft.common.data import load_mnist
 
     small = load_mnist(f"idx:{small_idx}")
     npz, state, port = tmp_path / "rows.npz", tmp_path / "state", free_base_port(1)
     np.savez(npz, X=small.X_train[:1200], y=small.y_train[:1200])
-    monkeypatch.setenv("FL_SYFT_DS_PASSWORD", "serve-budget-pw-1")  # the owner's, and the scientist's
-    url = f"http://127.0.0.1:{port}"
+    invite = state / "owner-a" / "invite.json"  # (a fresh start writes a new one: a new certificate)
     serve = ["-m", "fl_syft", "serve", "--data", str(npz), "--name", "owner-a", "--port", str(port), *DP]
     proc = start(serve, state, dict(os.environ))
     try:
-        assert main(["run", "--datasite", url, "--data", f"idx:{small_idx}", "--out", str(tmp_path / "run"),
+        assert main(["run", "--invite", str(invite), "--data", f"idx:{small_idx}", "--out", str(tmp_path / "run"),
                      "--epsilon", "0.5", "--rounds", "1", "--local-steps", "2"]) == 0
-        spent = published(state, url)
+        spent = published(state, invite)
     finally:
         stop(proc)
     proc = start(serve, state, dict(os.environ))  # afresh over the same file
     try:
-        again = published(state, url)
+        again = published(state, invite)
     finally:
         stop(proc)
     assert spent["epsilon_spent"] > 0.3
@@ -243,8 +246,9 @@ def test_serve_afresh_over_the_same_file_keeps_the_budget(small_idx, tmp_path, m
 
 @pytest.mark.syft
 def test_the_launcher_can_require_secure_aggregation(small_idx, tmp_path):
+    from fl_syft.scientist.addresses import ds_password, read_connection
     from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
-    from fl_syft.scientist.connect import connect, ds_password, read_connection
+    from fl_syft.scientist.connect import connect
     from fl_syft.scientist.rounds import SiteRefused
 
     state = tmp_path / "state"

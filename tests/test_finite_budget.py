@@ -179,5 +179,5 @@ def test_counts_read_as_english():
     from fl_syft.common.errors import counted
 
     assert (counted(1, "round"), counted(2, "round"), counted(0, "peer")) == ("1 round", "2 rounds", "0 peers")
-    policy = owner_policy(threshold=1).with_peers({"site-1": "00" * 32}).privacy
-    assert "secure aggregation with 1 peer, threshold 1" in policy.describe()
+    policy = owner_policy().with_peers({"site-1": "00" * 32, "site-2": "11" * 32}).privacy
+    assert "secure aggregation among 2 sites (this one among them), threshold 2" in policy.describe()

@@ -12,7 +12,8 @@ from syft_helpers import audit, function_from_source, login, new_scientist, runn
 
 from fl_syft.common.features import DEFAULT, MAPS
 from fl_syft.owner.launch import ADMIN_EMAIL
-from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.addresses import ds_password, read_connection
+from fl_syft.scientist.connect import connect
 from fl_syft.vetted.local_training import ml_experiment
 
 pytestmark = pytest.mark.syft

@@ -42,12 +42,14 @@ def test_idx_dir(tmp_path):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: np.savez(p / "r.npz", X=X.astype(np.float32), y=Y), "X must be uint8"),
+    (lambda p: np.savez(p / "r.npz", X=X.astype(np.float32), y=Y), "X is float32; it must be uint8 pixels 0..255"),
     (lambda p: np.savez(p / "r.npz", pixels=X), "needs arrays X (n, 784) uint8 and y (n,)"),
-    (lambda p: np.savez(p / "r.npz", X=X, y=Y + 5), "labels must be integers 0..9"),
+    (lambda p: np.savez(p / "r.npz", X=X, y=Y + 5), "row 6 (y): 10 is not a label 0..9: fix the file"),
     (lambda p: (p / "r.npz").write_bytes(b"not a zip"), "not a readable .npz file"),
-    (lambda p: (p / "r.csv").write_text("0," + ",".join(["300"] * 784) + "\n"), "pixels must be 0..255"),
-    (lambda p: (p / "r.csv").write_text("0," + ",".join(["0.5"] * 784) + "\n"), "every value must be an integer"),
+    (lambda p: (p / "r.csv").write_text("0," + ",".join(["300"] * 784) + "\n"),
+     "row 1 column 2: 300 is not a pixel value 0..255: fix the file"),
+    (lambda p: (p / "r.csv").write_text("0," + ",".join(["0.5"] * 784) + "\n"),
+     "row 1 column 2: '0.5' is not a pixel value 0..255: fix the file"),
     (lambda p: (p / "r.txt").write_text(""), "unknown data"),
 ])
 def test_bad_files_are_named(tmp_path, make, message):

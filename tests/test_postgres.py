@@ -13,7 +13,8 @@ from conftest import plain_policy
 
 from fl_syft.cli import main
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+from fl_syft.owner.launch import Deployment, LaunchOptions
+from fl_syft.owner.network import free_base_port
 
 pytestmark = pytest.mark.syft
 

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from fl_syft.scientist.report import CENTRALIZED, comparison_figure, convergence_figure  # noqa: E402
+from fl_syft.scientist.report import CENTRALIZED, comparison_figure, convergence_figure, describe_data  # noqa: E402
 
 
 def history(n_sites: int, rounds: int = 4) -> list[dict]:
@@ -55,3 +55,14 @@ def test_comparison_legend_and_title_fit_inside_the_figure_at_two_sites():
     assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0 and legend.y1 <= page.y1
     titles = [t.get_window_extent() for t in [*fig.texts, fig.axes[0].title] if t.get_text()]
     assert titles and not any(legend.overlaps(title) for title in titles)
+
+
+def test_the_report_says_what_a_run_trained_and_scored_on():
+    """A run over served sites scored on the scientist's test set and trained on rows it never saw;
+    a simulation split one data set."""
+    assert describe_data({"command": "run", "data": "embedded"}) == ("test set: embedded MNIST; training rows: the "
+                                                                     "sites' own")
+    assert describe_data({"command": "run", "data": "idx:/data/fashion"}) == (
+        "test set: the IDX files in /data/fashion; training rows: the sites' own")
+    assert describe_data({"command": "simulate", "data": "openml", "partition": {"kind": "iid"}}) == (
+        "OpenML mnist_784: its training set split across the sites (partition below), its test set scored")

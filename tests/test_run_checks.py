@@ -10,7 +10,7 @@ from conftest import PLAIN, error_line
 
 from fl_syft.cli import main
 from fl_syft.common.data import write_idx
-from fl_syft.owner.launch import free_base_port, print_table
+from fl_syft.owner.network import free_base_port, print_table
 
 FAST = ["--rounds", "1", "--local-iters", "2", *PLAIN]
 

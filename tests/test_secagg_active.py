@@ -21,8 +21,9 @@ from fl_syft.common import secagg
 from fl_syft.common.data import load_mnist
 from fl_syft.common.partition import PartitionSpec, make_shards
 from fl_syft.owner.policy import owner_policy
+from fl_syft.scientist.addresses import ds_password, read_connection
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
-from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.connect import connect
 from fl_syft.scientist.rounds import SiteRefused
 from fl_syft.vetted.local_training import ml_experiment
 

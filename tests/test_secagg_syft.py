@@ -15,8 +15,9 @@ from fl_syft.common.data import load_mnist
 from fl_syft.common.features import MAPS
 from fl_syft.common.partition import PartitionSpec, make_shards
 from fl_syft.owner.policy import owner_policy
+from fl_syft.scientist.addresses import ds_password, read_connection
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
-from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.connect import connect
 from fl_syft.scientist.evaluate import features_of_test_set as features_of
 from fl_syft.scientist.rounds import SiteRefused, SitesFailed
 from fl_syft.scientist.runs import RunRequest, run

@@ -22,7 +22,8 @@ from syft_helpers import login
 
 from fl_syft.cli import main
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.owner.launch import ADMIN_EMAIL, Deployment, LaunchOptions, free_base_port
+from fl_syft.owner.launch import ADMIN_EMAIL, Deployment, LaunchOptions
+from fl_syft.owner.network import free_base_port
 from fl_syft.owner.state import StateLock, StateLocked
 
 pytestmark = pytest.mark.syft

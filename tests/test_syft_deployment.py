@@ -22,9 +22,10 @@ from fl_syft.cli import main
 from fl_syft.common.data import load_mnist
 from fl_syft.common.features import DEFAULT as DEFAULT_FEATURES
 from fl_syft.common.partition import PartitionSpec, make_shards
-from fl_syft.owner.launch import check_port_free, free_base_port
+from fl_syft.owner.network import check_port_free, free_base_port
+from fl_syft.scientist.addresses import ds_password, read_connection
 from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
-from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.connect import connect
 from fl_syft.scientist.evaluate import features_of_test_set as features_of
 from fl_syft.simulate import local_sites
 from fl_syft.vetted.local_training import ml_experiment

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from fl_syft.common.features import MAPS
 from fl_syft.common.partition import PartitionSpec
-from fl_syft.owner.launch import Deployment, LaunchOptions, free_base_port
+from fl_syft.owner.launch import Deployment, LaunchOptions
+from fl_syft.owner.network import free_base_port
 from fl_syft.owner.policy import OwnerPolicy, owner_policy
+from fl_syft.scientist.addresses import ds_password, read_connection
 from fl_syft.scientist.algorithms import FedAvg
-from fl_syft.scientist.connect import connect, ds_password, read_connection
+from fl_syft.scientist.connect import connect
 from fl_syft.scientist.runs import RunRequest, run
 
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/: where the results and plots go

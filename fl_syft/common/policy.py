@@ -33,8 +33,8 @@ class PrivacyPolicy:
     ``model_bound``: every entry of a model a call sends must be finite and within +-this (what
     keeps the vetted steps total: no row's logits can overflow; see ``owner.guard``).
     ``storage_quota_mb``: what each scientist's account may make the site store (uploads, requests).
-    ``peers``: the federation's sites (name -> the datasite's verify key, hex) this site runs
-    secure aggregation with; ``threshold``: how many of them a sum needs (> half; default the
+    ``peers``: the federation's sites (name -> the datasite's verify key, hex), this one among
+    them, that it runs secure aggregation with; ``threshold``: how many of them a sum needs (> half; default the
     smallest majority); ``require_secure_aggregation``: refuse calls without it.
     """
 
@@ -74,7 +74,8 @@ class PrivacyPolicy:
             raise ConfigError(f"{{dp_delta}} {self.delta:g} must be below 1/rows = {1 / rows:.2g} ({rows} rows): "
                               "a larger delta allows releasing a row outright")
         if not 1e-3 <= self.clip <= 1e3:
-            raise ConfigError(f"{{dp_clip}} must be within 1e-3..1e3, got {self.clip:g}")
+            raise ConfigError(f"{{dp_clip}} must be within 1e-3..1e3 (the L2 norm each row's gradient is clipped to; "
+                              f"default 1), got {self.clip:g}")
         if not self.min_noise > 0 or not self.count_noise > 0:
             raise ConfigError("the policy's min_noise and count_noise must be > 0")
         if not 1.0 <= self.model_bound <= 1e6:
@@ -84,10 +85,13 @@ class PrivacyPolicy:
         if self.min_rows < 1:
             raise ConfigError(f"{{min_rows}} must be at least 1, got {self.min_rows}")
         if rows is not None and rows < self.min_rows:
-            raise ConfigError(f"{{min_rows}} {self.min_rows} is more than the {rows} rows this site holds")
+            raise ConfigError(f"{{min_rows}} {self.min_rows} is more than the {rows} rows this site holds: give it at "
+                              f"least {self.min_rows} rows, or lower {{min_rows}} to {rows} or less (the owner's "
+                              "choice: no call trains or evaluates on fewer rows)")
         if self.peers and not len(self.peers) / 2 < self.threshold <= len(self.peers):
-            raise ConfigError(f"{{secagg_threshold}} {self.threshold} must be more than half of the {len(self.peers)} "
-                              "peers and at most all of them (a minority could unmask one site's update)")
+            raise ConfigError(f"{{secagg_threshold}} {self.threshold} must be more than half of the federation's "
+                              f"{counted(len(self.peers), 'site')} (this one among them) and at most all of them "
+                              "(a minority could unmask one site's update)")
         if self.require_secure_aggregation and not self.peers:
             raise ConfigError("{require_secure_aggregation} needs the federation's peers ({peers})")
 
@@ -109,7 +113,8 @@ class PrivacyPolicy:
     def describe(self) -> str:
         """One line for the owner's terminal and the scientist's report."""
         secure = "" if not self.peers else (
-            f"; secure aggregation with {counted(len(self.peers), 'peer')}, threshold {self.threshold}"
+            f"; secure aggregation among {counted(len(self.peers), 'site')} (this one among them), "
+            f"threshold {self.threshold}"
             + (" (required)" if self.require_secure_aggregation else ""))
         if not self.dp:
             return (f"no differential privacy (--no-dp): calls return exact results, from which the data scientist "

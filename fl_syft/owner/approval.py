@@ -11,7 +11,7 @@ default arguments; no nested code, no datasite handle, the default worker pool. 
 else is denied with a reason in the audit log, and a request that is not exactly a code
 request is rejected without running any of its changes (PySyft's deny *undoes* each change,
 which for a hand-built change would apply it). What the approval enables is only that the
-guard runs the owner's own installed copy of the function (``owner.guard.install``): no code
+guard runs the owner's own installed copy of the function (``owner.datasite_guard.install``): no code
 from a request ever runs here, whatever the request held.
 """
 
@@ -182,7 +182,7 @@ class Approver:
         self._settled = -1  # request count when every request was last decided
 
     def vet(self, code) -> Decision:
-        """The guard's check of a call's code (``owner.guard.install``)."""
+        """The guard's check of a call's code (``owner.datasite_guard.install``)."""
         return vet_code(code, self.asset_id, self.server_uid, self.allowed)
 
     def run_forever(self) -> None:

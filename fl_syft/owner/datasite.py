@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,10 +49,17 @@ class SiteSpec:
     fresh: bool = True  # wipe earlier state (the launcher's default; --keep sets False)
     db_url: str | None = None
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)  # the owner's, for this site to resolve for its rows
+    tls_cert: str | None = None  # PEM files uvicorn serves TLS with (None: plain HTTP)
+    tls_key: str | None = None
+    tls_fingerprint: str = ""  # SHA-256 of tls_cert (what clients pin)
 
     @property
     def dir(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     def save(self, path: Path) -> None:
         write_private(path, json.dumps({**asdict(self), "policy": self.policy.to_dict()}))
@@ -153,7 +161,9 @@ def run_site(spec: SiteSpec) -> None:
     from fl_syft.owner import syft_patches
     from fl_syft.owner.approval import Approver, reject_unapplied
     from fl_syft.owner.audit import AuditLog
+    from fl_syft.owner.guard import Refused
     from fl_syft.owner.state import StateLock
+    from fl_syft.owner.status_view import log_call
 
     StateLock(spec.dir, f"datasite {spec.name}").acquire()  # held until this process ends
     shard_path = spec.dir / "shard.npy"
@@ -170,7 +180,9 @@ def run_site(spec: SiteSpec) -> None:
     syft_patches.keep_decoded_arrays()
     syft_patches.flat_call_cost()
     syft_patches.read_assets_from_memory(server)
-    audit = AuditLog(spec.dir / "audit.jsonl", spec.name)
+    if os.environ.get("FL_SYFT_VERBOSE") != "1":  # --verbose: PySyft's traceback of each refusal too
+        syft_patches.quiet_refusals(Refused)
+    audit = AuditLog(spec.dir / "audit.jsonl", spec.name, on_write=log_call)  # one line per call in site.log
     approver = Approver(server.root_client, _request_counter(server), spec.name, audit, reject_unapplied(server))
     features = site_features(private, spec.dir.parent / FEATURES, spec.name)  # once: every call reads these
     guard = _install_guard(server, spec, features, audit, approver.vet)
@@ -180,8 +192,8 @@ def run_site(spec: SiteSpec) -> None:
     _exit_with_parent()
     write_private(spec.dir / "status.json", json.dumps({"rows": rows, "pid": os.getpid(),
                                                         "privacy": guard.policy.describe()}))
-    log.info("%s: serving %d rows on http://%s:%d", spec.name, rows, spec.host, spec.port)
-    _run_uvicorn(server, spec.host, spec.port, guard)
+    log.info("%s: serving %d rows on %s://%s:%d", spec.name, rows, spec.scheme, spec.host, spec.port)
+    _run_uvicorn(server, spec, guard)
 
 
 def shard_sha256(shard: np.ndarray) -> str:
@@ -193,7 +205,7 @@ def _install_guard(server, spec: SiteSpec, features: dict[str, dict], audit, vet
     """The owner's guard for this site (``owner.site.assemble``), made the only runner of code on
     the site's rows (``features``: theirs, ``owner.features.site_features``; ``vet`` re-checks a
     call's code), and its privacy status published as the API endpoint ``fl_syft.privacy``."""
-    from fl_syft.owner import guard as guards
+    from fl_syft.owner import datasite_guard as guards
     from fl_syft.owner.ledger import Ledger, open_site_ledger
     from fl_syft.owner.site import assemble
 
@@ -232,19 +244,22 @@ def _request_counter(server) -> Callable[[], int]:
     return count
 
 
-def _run_uvicorn(server, host: str, port: int, guard) -> None:
+def _run_uvicorn(server, spec: SiteSpec, guard) -> None:
     import uvicorn
     from fastapi import APIRouter, FastAPI
     from syft.server.routes import make_routes
 
-    from fl_syft.owner.guard import secagg_router
+    from fl_syft.owner.datasite_guard import secagg_router
+    from fl_syft.owner.exposure import HTTP, harden
 
     app = FastAPI(title=server.name)
     router = APIRouter()
     router.include_router(make_routes(worker=server))
     router.include_router(secagg_router(server, guard))
     app.include_router(router, prefix="/api/v2")
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    harden(app, server)  # what anyone reaching the port can cost the site before logging in: bounded
+    config = uvicorn.Config(app, host=spec.host, port=spec.port, log_level="warning", access_log=False, http=HTTP,
+                            ssl_certfile=spec.tls_cert, ssl_keyfile=spec.tls_key)
     uvicorn.Server(config).run()  # handles SIGTERM/SIGINT: finish requests, then return
     server.stop()
 
@@ -273,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
     if verbose:  # the real traceback of a failing user function (PySyft hides it)
         logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
+    else:  # PySyft's routes use FastAPI's old ``example=``: a warning at every start, nothing for the owner
+        warnings.filterwarnings("ignore", message="`example` has been deprecated", category=DeprecationWarning)
     run_site(spec)
     return 0
 

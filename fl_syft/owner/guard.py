@@ -9,21 +9,20 @@ under differential privacy every call on the private rows is charged to the site
 before it runs. PySyft's run of the same call on the synthetic mock is not charged. The guard
 is also the only thing that runs code on the rows: :meth:`Guard.call` runs the owner's own
 installed vetted function, never code from a request
-(:func:`install` makes it PySyft's executor in a datasite process; ``fl_syft.simulate`` calls
+(``owner.datasite_guard.install`` makes it PySyft's executor in a datasite process; ``fl_syft.simulate`` calls
 the same :class:`Guard`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,10 +34,6 @@ from fl_syft.common.protocol import (
     PRIVACY_KEY,
     REQUIRED,
     SECAGG_KEY,
-    SECAGG_PATH,
-    SECAGG_ROUTE,
-    STATUS_PATH,
-    Refusal,
     Schema,
     SiteStatus,
     model_shapes,
@@ -74,6 +69,7 @@ class Guard:
     ledger: Ledger | None = None  # required under DP
     audit: Callable[[dict], None] = lambda entry: None
     secagg: SecAggSite | None = None  # this site's side of secure aggregation (needs the policy's peers)
+    _charged: dict[str, float] = field(default_factory=dict, repr=False)  # call id -> epsilon, until recorded
 
     def __post_init__(self) -> None:
         if self.policy.dp and self.ledger is None:
@@ -91,14 +87,14 @@ class Guard:
         return self.ledger.row_count
 
     def admit(self, function: str, global_params: dict, config: dict, requester: str = "",
-              on_private_rows: bool = True) -> dict:
+              on_private_rows: bool = True, call: str = "") -> dict:
         """The config ``function`` runs with: checked against its schema and completed with the
         schema's defaults; raises Refused. On the private rows, a DP call is charged here, before
         it runs (the mock run is not).
 
         With secure aggregation (``config["secagg"]``, see :meth:`finish`) the charge is for the
         noise the sum carries once at least ``threshold`` sites are in it, and this site adds its
-        1/sqrt(threshold) share of that noise variance."""
+        1/sqrt(threshold) share of that noise variance. ``call``: the id the call's audit entries share."""
         keys = schema(function, self.policy.dp)
         if keys is None:
             raise Refused(f"{function} is not allowed under this site's policy "
@@ -129,12 +125,13 @@ class Guard:
         sigma, steps = float(config["noise_multiplier"]), int(config["local_steps"])
         if on_private_rows:
             try:
-                after = self.ledger.charge(sigma, steps, "call", function=function, requester=requester)
+                before, after = self.ledger.spend(sigma, steps, "call", function=function, requester=requester)
             except BudgetExceeded as e:
-                self.audit({"event": "refused", "function": function, "requester": requester, "reason": str(e)})
                 raise Refused(str(e)) from None
-            self.audit({"event": "charged", "function": function, "requester": requester, "noise_multiplier": sigma,
-                        "releases": steps, "epsilon_spent": after, "epsilon_total": self.policy.epsilon})
+            self._charged[call] = after - before
+            self.audit({"event": "charged", "call": call, "function": function, "requester": requester,
+                        "noise_multiplier": sigma, "releases": steps, "epsilon_charged": after - before,
+                        "epsilon_spent": after, "epsilon_total": self.policy.epsilon})
         if secure is not None:  # the sum carries sigma once threshold sites are in it: add our share
             config["noise_multiplier"] = sigma / math.sqrt(self.secagg.threshold)
         return {**config, PRIVACY_KEY: {"clip": self.policy.clip, "rows": self.ledger.row_count}}
@@ -161,10 +158,31 @@ class Guard:
         admitted (bounds, charge), then the owner's own installed vetted function (never code
         from a request) on canonical copies of the arguments and the rows' features the config
         names (``data``: feature map name -> {"X", "y"}, ``owner.features.site_features``), then
-        :meth:`finish`."""
-        admitted = self.admit(function, global_params, config, requester, on_private_rows)
-        result = VETTED[function](data[admitted["features"]], canonical_params(global_params), admitted)
-        return self.finish(function, config, global_params, result, on_private_rows)
+        :meth:`finish`. A call on the private rows is audited when it ends (:meth:`record`)."""
+        call = uuid.uuid4().hex[:12] if on_private_rows else ""
+        try:
+            admitted = self.admit(function, global_params, config, requester, on_private_rows, call)
+            result = VETTED[function](data[admitted["features"]], canonical_params(global_params), admitted)
+            answer = self.finish(function, config, global_params, result, on_private_rows)
+        except Exception as e:
+            if on_private_rows:  # a failure's message may hold anything: only its kind is recorded
+                refused = isinstance(e, Refused)
+                self.record(call, function, requester, "refused" if refused else "failed",
+                            str(e) if refused else type(e).__name__)
+            raise
+        if on_private_rows:
+            self.record(call, function, requester)
+        return answer
+
+    def record(self, call: str, function: str, requester: str, outcome: str = "served", reason: str = "") -> None:
+        """A call's one outcome entry in the audit log: served, refused (``reason``: why) or failed,
+        with the epsilon it was charged (an end after the charge keeps it) and what is then spent."""
+        entry = {"event": "call", "call": call, "function": function, "requester": requester, "outcome": outcome,
+                 **({"reason": reason[:1000]} if reason else {})}  # it may quote a caller's value: bounded
+        if self.policy.dp:
+            entry.update(epsilon_charged=self._charged.pop(call, 0.0), epsilon_spent=self.ledger.spent,
+                         epsilon_total=self.policy.epsilon)
+        self.audit(entry)
 
     def finish(self, function: str, config: dict, global_params: dict, result: object,
                on_private_rows: bool = True) -> object:
@@ -277,116 +295,3 @@ def _check_config(config: dict, keys: Schema, min_noise: float) -> None:
         problem = out_of_range(key, config[key.name], low=min_noise)
         if problem:
             raise Refused(f"config {key.name}={config[key.name]!r} {problem}")
-
-
-# --- inside a PySyft datasite -----------------------------------------------------------------
-
-ACTIVE: dict[str, Guard] = {}  # the guard of this datasite process (read by its API endpoint)
-FRESH_SECONDS = 300  # a signed secure-aggregation request older than this is refused (replays)
-
-
-def account_email(server, verify_key) -> str | None:
-    """The email of the datasite's account with ``verify_key``; None if it has none."""
-    users = server.services.user.stash
-    try:
-        return users.get_by_verify_key(credentials=users.root_verify_key, verify_key=verify_key).unwrap().email
-    except Exception:  # PySyft raises its own error types for an unknown key
-        return None
-
-
-def privacy_status(context) -> dict:
-    """This datasite's privacy policy and budget, as its data owner's guard reports them."""
-    from fl_syft.owner.guard import ACTIVE
-
-    return ACTIVE["guard"].status()
-
-
-def secagg_router(server, guard: Guard):
-    """``POST /api/v2/fl-syft/secagg``: the secure-aggregation steps, for a logged-in user.
-
-    Several per round and site: PySyft's custom API endpoints take ~0.2 s of the site's CPU
-    per call (they build clients and store each result), which would cost more than the rest
-    of a round at 10 sites. The request is PySyft's own signed API call (``SignedSyftAPICall``,
-    serialised by PySyft): the signature, the datasite, the caller's account and the request's
-    age are checked before the guard sees it."""
-    import syft as sy
-    from fastapi import APIRouter, Request, Response
-    from fastapi.concurrency import run_in_threadpool
-    from syft.client.api import SignedSyftAPICall
-
-    from fl_syft.owner.syft_patches import signed_message_only
-
-    router = APIRouter()
-
-    def answer(body: bytes) -> dict:
-        try:
-            signed = sy.deserialize(body, from_bytes=True)
-            if not isinstance(signed, SignedSyftAPICall) or not signed.is_valid:
-                return {"error": "not a validly signed request"}
-            signed_message_only(signed)
-            call = signed.message
-            if call.server_uid != server.id or call.path != SECAGG_PATH:
-                return {"error": "a request for another datasite or path"}
-            sent = call.kwargs.get("sent")
-            if type(sent) not in (int, float) or not abs(time.time() - sent) <= FRESH_SECONDS:  # NaN fails too
-                return {"error": "a stale request (check the clocks)"}
-            if account_email(server, signed.credentials) is None:
-                return {"error": "unknown account or malformed request"}
-        except Exception:  # not PySyft at all
-            return {"error": "unknown account or malformed request"}
-        try:
-            return {"result": guard.secagg_steps(call.kwargs["steps"])}
-        except Refused as e:
-            return {"error": str(Refusal(guard.site, "secure aggregation", str(e)))}
-
-    async def secagg(request):
-        reply = await run_in_threadpool(answer, await request.body())
-        return Response(sy.serialize(reply, to_bytes=True), media_type="application/octet-stream")
-
-    # Real classes, not this module's postponed (string) annotations: FastAPI reads them to know
-    # that ``request`` is the request, not a query parameter.
-    secagg.__annotations__ = {"request": Request, "return": Response}
-    router.add_api_route(SECAGG_ROUTE, secagg, methods=["POST"])
-    return router
-
-
-def publish_status(root_client) -> None:
-    """(Re)register :func:`privacy_status` as the API endpoint ``fl_syft.privacy`` (any logged-in user)."""
-    import syft as sy
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        if any(e.path == STATUS_PATH for e in root_client.custom_api.get_all()):  # a kept state's: afresh
-            root_client.custom_api.delete(endpoint_path=STATUS_PATH)
-        root_client.custom_api.add(endpoint=sy.api_endpoint(path=STATUS_PATH, description=(
-            "The data owner's privacy policy for this site and the budget its ledger has spent."))(privacy_status))
-
-
-def install(guard: Guard, data: Mapping[str, dict], mock: np.ndarray, mock_data: Mapping[str, dict],
-            email_of: Callable[[object], str], vet: Callable[[object], object]) -> None:
-    """Make ``guard`` the only thing PySyft 0.9.5 runs in this process for a request's call.
-
-    The request's code is vetted again on every call (``vet(code) -> Decision``: fingerprint,
-    policies, inputs, as on approval), then the owner's own installed function runs through
-    :meth:`Guard.call` on ``data`` (the features of the site's own copy of the private rows) or,
-    when PySyft hands in the synthetic ``mock`` (its second run of each call), on the mock's
-    ``mock_data``, uncharged.
-    Nothing of the request is executed. ``email_of(credentials)`` names the caller."""
-    from syft.types.errors import SyftException
-
-    from fl_syft.owner.syft_patches import route_execution
-
-    def run(code_item, kwargs: dict, context) -> object:
-        function = code_item.service_func_name
-        decision = vet(code_item)
-        if not decision.approve:
-            raise SyftException(public_message=str(Refusal(guard.site, function, decision.reason)))
-        given = kwargs.get("data")
-        on_mock = type(given) is np.ndarray and given.shape == mock.shape and np.array_equal(given, mock)
-        try:
-            return guard.call(function, mock_data if on_mock else data, kwargs.get("global_params"),
-                              kwargs.get("config"), email_of(context.credentials), on_private_rows=not on_mock)
-        except Refused as e:
-            raise SyftException(public_message=str(Refusal(guard.site, function, str(e)))) from None
-
-    route_execution(run)
-    ACTIVE["guard"] = guard

@@ -14,14 +14,11 @@ import io
 import json
 import logging
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,16 +28,27 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from tqdm import tqdm
 
+from fl_syft.common.cards import Card, Invite
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.files import write_json, write_private
 from fl_syft.common.partition import PartitionSpec
 from fl_syft.owner.audit import AuditLog
 from fl_syft.owner.datasite import SiteSpec
 from fl_syft.owner.ledger import SITE_LINK, LedgerStore
+from fl_syft.owner.network import (
+    LOOPBACK,
+    answers,
+    check_port_free,
+    check_tls,
+    client_host,
+    reachable_hosts,
+    serves_tls,
+)
 from fl_syft.owner.policy import OwnerPolicy
 from fl_syft.owner.provision import (
     LaunchError,
     check_ledgers,
+    check_rows,
     held_rows,
     note_kept_budget,
     reset_budget,
@@ -48,16 +56,13 @@ from fl_syft.owner.provision import (
     site_identity,
 )
 from fl_syft.owner.state import StateLock, StateLocked, holder, make_private
+from fl_syft.owner.tls import check_pair, site_certificate
 
 log = logging.getLogger("fl_syft.launch")
 
 ADMIN_EMAIL = "owner@fl-syft.example.com"
 DS_EMAIL = "scientist@fl-syft.example.com"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT = 300.0  # a cold start computes each shard's scattering features (~1 ms a row)
-# Our own datasites are never behind a proxy; urlopen's global opener would honour (and
-# cache) http_proxy and send the readiness probe there.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class DeploymentOptions(Protocol):
     port_field: str  # the setting to change when a port is busy
     command: str  # who holds the state directory's lock: "launch", "demo", "serve"
     policy: OwnerPolicy
+    tls_cert: Path | None  # the owner's own certificate and key (else self-signed, when TLS is on)
+    tls_key: Path | None
+    insecure_http: bool  # plain HTTP where TLS is the default
+    public_host: str | None  # the host invites and cards name (default: the bind address)
 
     def check(self) -> None: ...
 
@@ -103,6 +112,10 @@ class LaunchOptions:
     verbose: bool = False
     command: str = "launch"
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
+    public_host: str | None = None  # the host invites and cards name (default: the bind address)
     port_field = "base_port"
 
     def check(self) -> None:
@@ -114,6 +127,8 @@ class LaunchOptions:
                               f"{self.base_port}..{last}: use 1024..{65536 - n}")
         if self.db_url:
             site_db_url(self.db_url, "site-1")  # the URL's form, before anything starts
+        check_tls(self)
+        self.policy.for_sites(site_names(n))  # the federation's counts
 
     def setups(self) -> list[SiteSetup]:
         return [SiteSetup(name, self.base_port + i, site_db_url(self.db_url, name) if self.db_url else None)
@@ -183,11 +198,21 @@ class Deployment:
                                   "start once without {keep}")
         shards = [None] * len(setups) if opts.keep else opts.load_shards()
         held = [held_rows(self.state / setup.name, shard) for setup, shard in zip(setups, shards, strict=True)]
-        check_ledgers(self.state, [setup.name for setup in setups], held, opts.policy, opts.reset_privacy_budget)
+        names = [setup.name for setup in setups]
+        check_rows(names, held, opts.policy.for_sites(names))
+        check_ledgers(self.state, names, held, opts.policy, opts.reset_privacy_budget)
+        if opts.tls_cert:
+            check_pair(opts.tls_cert, opts.tls_key)
         for setup in setups:
             if setup.db_url:
                 ensure_database(setup.db_url)
         # Validated: from here on the state directory is written.
+        if not serves_tls(opts):
+            if opts.host in LOOPBACK:
+                log.info("plain HTTP on loopback: only this machine can reach the sites (TLS off loopback)")
+            else:
+                log.warning("--insecure-http: no TLS; the scientist's password, the models and every update cross "
+                            "the network readable, and can be altered on the way")
         tightened = make_private(self.state)
         if tightened:
             log.warning("%s: made %d files and directories owner-only (they were readable by others)",
@@ -210,13 +235,17 @@ class Deployment:
         # key that reaches it through the scientist unless one of these signed it.
         keys = {setup.name: site_identity(self.state / setup.name, fresh=not opts.keep)["verify_key"]
                 for setup in setups}
-        policy = opts.policy.with_peers({**keys, **opts.policy.privacy.peers})
+        policy = opts.policy.for_federation(keys)
+        own = (opts.tls_cert, opts.tls_key) if opts.tls_cert else None
         for setup in setups:
             site_dir = self.state / setup.name
+            tls = site_certificate(site_dir, setup.name, self.public_hosts, not opts.keep, own) if serves_tls(opts) \
+                else None
             spec = SiteSpec(name=setup.name, host=opts.host, port=setup.port, state_dir=str(site_dir),
                             admin_email=ADMIN_EMAIL, admin_password=pw["admin_password"], ds_email=DS_EMAIL,
                             ds_password=pw["ds_password"], fresh=not opts.keep, db_url=setup.db_url,
-                            policy=policy)
+                            policy=policy, tls_cert=tls and str(tls.cert), tls_key=tls and str(tls.key),
+                            tls_fingerprint=tls.fingerprint if tls else "")
             self.specs[setup.name] = spec
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
@@ -224,10 +253,26 @@ class Deployment:
         if while_starting:
             while_starting()
         table = self._wait_ready()
+        for spec in self.specs.values():  # what the owner sends out: the scientist's invite, the peers' card
+            invite = self.invite(spec.name)
+            write_json(spec.dir / "invite.json", invite.to_dict())
+            write_json(spec.dir / "card.json", invite.card.to_dict())
         write_json(self.connection_file, {"datasites": [
-            {"name": s.name, "url": f"http://{_client_host(s.host)}", "port": s.port, "ds_email": s.ds_email}
-            for s in self.specs.values()]})
+            {"name": s.name, "url": f"{s.scheme}://{client_host(s.host)}", "port": s.port, "ds_email": s.ds_email,
+             "fingerprint": s.tls_fingerprint} for s in self.specs.values()]})
         return table
+
+    @property
+    def public_hosts(self) -> list[str]:
+        """The hosts scientists reach the sites at: ``--public-host``, else the bind address's."""
+        return [self.opts.public_host] if self.opts.public_host else reachable_hosts(self.opts.host)
+
+    def invite(self, name: str) -> Invite:
+        """The scientist's invite to site ``name`` (its card and the scientist's login)."""
+        spec = self.specs[name]
+        key = site_identity(spec.dir, fresh=False)["verify_key"]
+        card = Card(name, f"{spec.scheme}://{self.public_hosts[0]}:{spec.port}", spec.tls_fingerprint, key)
+        return Invite(card, spec.ds_email, spec.ds_password)
 
     def _spawn(self, spec: SiteSpec) -> subprocess.Popen:
         # One BLAS thread per site (sites run side by side), set before any BLAS library loads.
@@ -260,7 +305,7 @@ class Deployment:
                   leave=False) as bar:
             for name in names:
                 spec = self.specs[name]
-                while not _answers(spec):
+                while not answers(spec):
                     code = self.procs[name].poll()
                     if code is not None:
                         raise LaunchError(f"{name} exited during start-up (code {code}): "
@@ -270,7 +315,7 @@ class Deployment:
                                           f"{_last_line(spec.dir / 'site.log')}); see {spec.dir / 'site.log'}")
                     time.sleep(0.2)
                 status = json.loads((spec.dir / "status.json").read_text())
-                table.append({"name": name, "url": f"http://{spec.host}:{spec.port}", "rows": status["rows"],
+                table.append({"name": name, "url": f"{spec.scheme}://{spec.host}:{spec.port}", "rows": status["rows"],
                               "privacy": status["privacy"]})
                 bar.update()
         return table
@@ -294,7 +339,9 @@ class Deployment:
         self.lock.release()
 
     def serve_forever(self) -> None:
-        """Block until SIGINT/SIGTERM, reporting any site that stops on its own."""
+        """Block until SIGINT/SIGTERM, reporting any site that stops on its own; once none is left
+        running, raise LaunchError saying why the last one stopped (the ``with`` that holds this
+        deployment then releases the state directory, so a restart can take it)."""
         for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
             signal.signal(sig, _raise_interrupt)
         reported: set[str] = set()
@@ -303,37 +350,19 @@ class Deployment:
                 for name, proc in self.procs.items():
                     if proc.poll() is not None and name not in reported:
                         reported.add(name)
-                        log.error("%s stopped unexpectedly (exit code %s); the other sites keep running; "
-                                  "log: %s", name, proc.returncode, self.specs[name].dir / "site.log")
+                        log_file = self.specs[name].dir / "site.log"
+                        why = f"{_exit_reason(proc.returncode)}; its last log line: {_last_line(log_file)}"
+                        running = [other for other, p in self.procs.items() if p.poll() is None]
+                        if not running:
+                            last = " (and no other site is running)" if len(self.procs) > 1 else ""
+                            raise LaunchError(f"{name} stopped unexpectedly{last} ({why}; log: {log_file}): "
+                                              "nothing is served any more; see the log, then start again "
+                                              "({keep} keeps the state)")
+                        log.error("%s stopped unexpectedly (%s); the other sites keep running (%s); log: %s",
+                                  name, why, ", ".join(running), log_file)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             log.info("stopping datasites")
-
-
-def check_port_free(host: str, port: int, port_field: str = "port") -> None:
-    """Raise LaunchError if ``port`` cannot be bound on ``host`` (PySyft would not notice)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise LaunchError(f"port {port} on {host} is already in use ({e.strerror}): stop what runs "
-                              f"there or choose another {{{port_field}}}") from None
-
-
-def free_base_port(n: int, host: str = "127.0.0.1") -> int:
-    """A base port with ``n`` consecutive ports that pass :func:`check_port_free` now (another
-    process may still take one before we bind); for runs beside other servers (tests, benchmarks)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        try:
-            for port in range(base, base + n):
-                check_port_free(host, port)
-            return base
-        except LaunchError:
-            continue
-    raise LaunchError(f"no {n} consecutive free ports found on {host}")
 
 
 def site_db_url(db_url: str, site: str) -> str:
@@ -368,60 +397,29 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _answers(spec: SiteSpec) -> bool:
-    """True once the site's status file exists and its API reports the expected name."""
-    if not (spec.dir / "status.json").exists():
-        return False
-    try:
-        url = f"http://{_client_host(spec.host)}:{spec.port}/api/v2/metadata"
-        with _DIRECT.open(url, timeout=2) as r:
-            name = json.load(r).get("name")
-    except (OSError, ValueError):
-        return False
-    if name != spec.name:
-        raise LaunchError(f"port {spec.port} answers as {name!r}, not {spec.name!r}: another server took it")
-    return True
-
-
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
-
-
 def _last_line(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    """The log's last message (from its last 64 KiB): indented lines (a warning's source line, a
+    traceback's frames) are what the line above them is about."""
+    text = ""
+    if path.exists():
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 65536))
+            text = f.read().decode(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln[0].isspace()]
     return lines[-1].strip()[:300] if lines else "no output"
+
+
+def _exit_reason(code: int) -> str:
+    """A process's exit status as a person reads it: "exit code 1", "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def reachable_hosts(host: str) -> list[str]:
-    """The addresses a data scientist can use for a site bound to ``host``: every interface's
-    address for a wildcard bind (others' first, loopback last), else ``host`` itself."""
-    if host not in ("0.0.0.0", "::", ""):
-        return [host]
-    import psutil
-
-    family = socket.AF_INET6 if host == "::" else socket.AF_INET
-    found = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
-             if a.family == family and not a.address.startswith("fe80")]  # link-local: needs a zone
-    found = [f"[{a}]" if ":" in a else a for a in found]
-    return sorted(dict.fromkeys(found), key=lambda a: a.startswith(("127.", "[::1]"))) or ["127.0.0.1"]
-
-
-def print_table(rows: list[dict], connection_file: Path, host: str = "127.0.0.1") -> list[str]:
-    """Print each site's name, URL and rows; return the URLs a scientist can use for the first site.
-    A wildcard ``host`` is shown as the machine's addresses (0.0.0.0 is not one to connect to)."""
-    hosts = reachable_hosts(host)
-    urls = {r["name"]: [f"http://{h}:{r['url'].rsplit(':', 1)[1]}" for h in hosts] for r in rows}
-    width = max(len(u[0]) for u in urls.values())
-    print(f"{'name':<10} {'url':<{width}} {'rows':>7}")
-    for r in rows:
-        print(f"{r['name']:<10} {urls[r['name']][0]:<{width}} {r['rows']:>7}")
-    if len(hosts) > 1:
-        print(f"also reachable at: {', '.join(hosts[1:])} (same ports)")
-    for line in dict.fromkeys(r["privacy"] for r in rows):  # one line per distinct policy
-        print(f"privacy ({', '.join(r['name'] for r in rows if r['privacy'] == line)}): {line}")
-    print(f"connection file: {connection_file}")
-    return urls[rows[0]["name"]]

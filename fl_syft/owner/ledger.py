@@ -89,13 +89,18 @@ class Ledger:
         return dict(Counter(map(repr, self._noise)))
 
     def charge(self, noise_multiplier: float, releases: int, kind: str, **details: object) -> float:
+        """:meth:`spend`, returning the epsilon spent with these releases."""
+        return self.spend(noise_multiplier, releases, kind, **details)[1]
+
+    def spend(self, noise_multiplier: float, releases: int, kind: str, **details: object) -> tuple[float, float]:
         """Record ``releases`` Gaussian releases with ``noise_multiplier`` before they happen;
-        return the epsilon spent with them. Raises BudgetExceeded (nothing recorded) if they
-        would take the site past its budget."""
+        return the epsilon spent (before, with them): what this charge cost, exactly, whatever
+        other calls charge meanwhile. Raises BudgetExceeded (nothing recorded) if they would take
+        the site past its budget."""
         with self._lock:
+            spent = self.spent
             after = epsilon([*self._noise, *[noise_multiplier] * releases], self.delta)
             if after > self.total * (1 + 1e-9):
-                spent = self.spent
                 raise BudgetExceeded(f"privacy budget exhausted: epsilon {spent:.3g} of {self.total:g} is spent and "
                                      f"this call needs {after - spent:.3g} more")
             self._append({"kind": kind, "noise_multiplier": noise_multiplier, "releases": releases,
@@ -103,7 +108,7 @@ class Ledger:
             self._noise += [noise_multiplier] * releases
             if kind == "row count":
                 self.row_count = int(details["value"])
-            return after
+            return spent, after
 
     def _append(self, entry: dict) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -126,9 +131,11 @@ def delta_changed_message(data_sha256: str, kept: float, asked: float) -> str:
 
 def summary(path: Path) -> Summary | None:
     """The ledger at ``path`` in brief (None if there is none)."""
-    if not Path(path).exists():
-        return None
-    lines = _read(Path(path))
+    return summarize(_read(Path(path))) if Path(path).exists() else None
+
+
+def summarize(lines: list[dict]) -> Summary:
+    """A ledger's entries (its file's lines, parsed) in brief."""
     header = lines[0]
     noise = [e["noise_multiplier"] for e in lines[1:] if e["kind"] != "policy" for _ in range(e["releases"])]
     return Summary(header["data_sha256"], epsilon(noise, header["delta"]), _total(lines), header["delta"])

@@ -7,11 +7,11 @@ it holds (:meth:`OwnerPolicy.for_rows`), the one place a delta left to the site 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fl_syft.common.cards import read_cards
 from fl_syft.common.errors import ConfigError
 from fl_syft.common.policy import DEFAULT_EPSILON, PrivacyPolicy, default_delta
 
@@ -20,10 +20,16 @@ from fl_syft.common.policy import DEFAULT_EPSILON, PrivacyPolicy, default_delta
 class OwnerPolicy:
     """``privacy``: every setting of the owner's :class:`PrivacyPolicy`; ``delta`` None means
     "below 1/rows", chosen by each site once it knows its rows (``privacy.delta`` is then only a
-    placeholder). The default: the launcher's, DP with epsilon 1."""
+    placeholder). The default: the launcher's, DP with epsilon 1.
+
+    ``peers``: the other owners' sites (name -> verify key, hex, from their cards) and
+    ``threshold`` the owner's ``--secagg-threshold`` (None: a majority); both take effect in
+    :meth:`for_federation`, once the owner's own sites' keys are known."""
 
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     delta: float | None = None
+    peers: dict = field(default_factory=dict)
+    threshold: int | None = None
 
     def delta_for(self, rows: int) -> float:
         """The delta a site of ``rows`` rows composes its releases at."""
@@ -36,8 +42,24 @@ class OwnerPolicy:
         return site
 
     def with_peers(self, peers: dict[str, str]) -> OwnerPolicy:
-        """The same policy run with these secure-aggregation peers (site name -> verify key, hex)."""
-        return replace(self, privacy=replace(self.privacy, peers=peers))
+        """The same policy run with these secure-aggregation sites (name -> verify key, hex; the
+        whole federation, this site among them; none: no secure aggregation), checked."""
+        threshold = self.threshold or (len(peers) // 2 + 1 if peers else None)
+        policy = replace(self, privacy=replace(self.privacy, peers=dict(peers), threshold=threshold))
+        policy.privacy.check()
+        return policy
+
+    def for_federation(self, own: dict[str, str]) -> OwnerPolicy:
+        """The policy of the owner's sites ``own`` (name -> verify key): secure aggregation among
+        them and the peers' sites, if there are two or more in all. (A peer card naming one of
+        ``own`` is this owner's own card, perhaps from an earlier start: the site's key wins.)"""
+        federation = {**self.peers, **own}
+        return self.with_peers(federation if len(federation) > 1 else {})
+
+    def for_sites(self, names: list[str]) -> OwnerPolicy:
+        """:meth:`for_federation` for the owner's sites ``names`` before their keys are known (a
+        start's checks: the federation's counts, the threshold, ``require_secure_aggregation``)."""
+        return self.for_federation({name: self.peers.get(name, "0" * 64) for name in names})
 
     def to_dict(self) -> dict:
         """As JSON (the site's ``spec.json``): ``PrivacyPolicy.to_dict()`` with ``delta`` null if the site chooses."""
@@ -53,12 +75,13 @@ def owner_policy(epsilon: float | None = DEFAULT_EPSILON, delta: float | None = 
     """The owner's policy from their settings (``PrivacyPolicy``'s fields), checked as far as it
     can be before the rows are known. ``epsilon`` None: no DP; ``delta`` None: below 1/rows.
 
-    Without ``peers``, ``require_secure_aggregation`` is checked later, when the peers are
-    known: the launcher's own sites are each other's peers (filled in at start), ``serve``
-    needs ``--peers`` (``ServeOptions.check``), and every site checks its policy again."""
+    ``peers`` and ``threshold`` are the owner's (:class:`OwnerPolicy`); secure aggregation and
+    ``require_secure_aggregation`` are checked in :meth:`OwnerPolicy.for_federation`, when the
+    federation is known: the launcher's own sites and the peers' (``serve --peers``)."""
+    peers, threshold = settings.pop("peers", {}), settings.pop("threshold", None)
     policy = PrivacyPolicy(epsilon=epsilon, **({"delta": delta} if delta is not None else {}), **settings)
-    (policy if policy.peers else replace(policy, require_secure_aggregation=False)).check()
-    return OwnerPolicy(policy, delta)
+    replace(policy, require_secure_aggregation=False).check()
+    return OwnerPolicy(policy, delta, peers, threshold)
 
 
 def policy_from_flags(*, no_dp: bool = False, dp_epsilon: float | None = None, dp_delta: float | None = None,
@@ -74,20 +97,5 @@ def policy_from_flags(*, no_dp: bool = False, dp_epsilon: float | None = None, d
 
 
 def _read_peers(path: Path) -> dict[str, str]:
-    """The other data owners' sites and their verify keys: ``{"name": "hex", ...}``."""
-    problem = ConfigError(f"{{peers}} {path}: needs a JSON object of site name -> verify key (64 hex digits), as "
-                          "each site prints at start")
-    try:
-        peers = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        raise problem from None
-    if not isinstance(peers, dict) or not all(isinstance(k, str) and _is_key(v) for k, v in peers.items()):
-        raise problem
-    return peers
-
-
-def _is_key(value: object) -> bool:
-    try:
-        return isinstance(value, str) and len(bytes.fromhex(value)) == 32
-    except ValueError:
-        return False
+    """The other data owners' sites and their verify keys, from their cards (``common.cards``)."""
+    return {card.name: card.verify_key for card in read_cards(path)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_syft.common.errors import FlSyftError
+from fl_syft.common.errors import ConfigError, FlSyftError
 from fl_syft.common.files import write_json
 from fl_syft.owner.datasite import shard_sha256
 from fl_syft.owner.ledger import SITE_LINK, DeltaChanged, LedgerStore, delta_changed_message, summary
@@ -96,6 +96,18 @@ def check_ledgers(state: Path, names: list[str], held: list[tuple[str, int] | No
         asked = policy.delta_for(rows[1])
         if kept and kept.delta != asked:
             raise DeltaChanged(delta_changed_message(rows[0], kept.delta, asked))
+
+
+def check_rows(names: list[str], held: list[tuple[str, int] | None], policy: OwnerPolicy) -> None:
+    """Before any site starts: the owner's policy can protect the rows each site will hold (its
+    ``--min-rows``, its delta below 1/rows). Each site checks it again for itself; this finds it in
+    a second instead of after a site process has started PySyft."""
+    for name, rows in zip(names, held, strict=True):
+        if rows:
+            try:
+                policy.for_rows(rows[1])
+            except ConfigError as e:
+                raise ConfigError(f"{name}: {e.template}") from None
 
 
 def note_kept_budget(store: LedgerStore, name: str, data_sha256: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fl_syft.common.errors import ConfigError
 from fl_syft.owner.launch import SiteSetup, site_db_url
+from fl_syft.owner.network import check_tls
 from fl_syft.owner.policy import OwnerPolicy
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -35,6 +36,10 @@ class ServeOptions:
     db_url: str | None = None  # PostgreSQL URL prefix; the site's database is derived from it
     verbose: bool = False
     policy: OwnerPolicy = field(default_factory=OwnerPolicy)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
+    public_host: str | None = None  # the host invites and cards name (default: the bind address)
     command = "serve"
     port_field = "port"
 
@@ -46,7 +51,9 @@ class ServeOptions:
             raise ConfigError(f"{{port}} {self.port} must be in 1024..65535")
         if self.db_url:
             site_db_url(self.db_url, self.name)
-        self.policy.privacy.check()  # what the builder leaves to the start: --require-secure-aggregation needs peers
+        check_tls(self)
+        # The federation's counts (threshold, --require-secure-aggregation) before anything starts.
+        self.policy.for_sites([self.name])
 
     def setups(self) -> list[SiteSetup]:
         return [SiteSetup(self.name, self.port, site_db_url(self.db_url, self.name) if self.db_url else None)]

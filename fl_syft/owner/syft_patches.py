@@ -12,13 +12,17 @@ policy code of approved requests while it starts); the rest once the site is bui
 - :func:`route_execution` replaces ``action_service.execute_byte_code``, which ``exec()``s a
   request's parsed code (test_hostile_requests).
 - :func:`scientist_api` wraps ``Server.handle_api_call_with_unsigned_result``: the message is only
-  what the signature covers (:func:`signed_message_only`), and the services a scientist's role
-  reaches are cut to what the fl-syft client uses (test_hostile_requests).
+  what the signature covers (:func:`signed_message_only`), decoded only for an account's key, and
+  the services a scientist's role reaches are cut to what the fl-syft client uses (test_hostile_requests).
+
+What PySyft reads of a request before login is patched in ``owner.prelogin`` (test_exposure).
 - :func:`keep_decoded_arrays` wraps ``json_serde._deserialize_from_json_bytes``: the shard was
   decoded three times per call (test_datasite).
 - :func:`read_assets_from_memory` wraps the action stash's ``get`` for root reads of assets (test_datasite).
 - :func:`flat_call_cost` replaces ``UserCode.get_output_history`` and ``OutputPolicyExecuteCount.is_valid``:
   a call's cost grew with every earlier call (test_datasite).
+- :func:`quiet_refusals` wraps ``SyftError.from_exception``, which printed a traceback to the site's
+  log for each call the owner's guard refused (test_owner_status).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def never_load_user_policies() -> None:
 def route_execution(run: Callable[[object, dict, object], object]) -> None:
     """PySyft's ``execute_byte_code(code, kwargs, context)`` ``exec()``s a request's
     ``parsed_code``, source the scientist controls and no fingerprint covers. Replaced by ``run``
-    (the one :func:`owner.guard.install` builds), which returns the result and never executes the request."""
+    (the one :func:`owner.datasite_guard.install` builds), which returns the result and never executes the request."""
     from syft.service.action import action_service
     from syft.service.code.user_code import UserCodeExecutionOutput
 
@@ -103,6 +107,29 @@ def route_execution(run: Callable[[object, dict, object], object]) -> None:
         return UserCodeExecutionOutput(user_code_id=code_item.id, stdout="", stderr="", result=result)
 
     action_service.execute_byte_code = execute
+
+
+def quiet_refusals(refused: type[BaseException]) -> None:
+    """No traceback in the site's log for a call the owner's guard refused.
+
+    PySyft 0.9.5 prints "Error: ..." and a traceback (``SyftError.from_exception``) for every
+    failed call of an account below data owner. A refusal is the site working: the guard logs it
+    as one line. An error caused by a ``refused`` (the guard's own exception type, which nothing a
+    caller sends can raise) gets PySyft's answer without the print; every other error keeps it."""
+    from syft.service.response import SyftError
+    from syft.types.errors import SyftException
+
+    original = SyftError.from_exception.__func__
+
+    def from_exception(cls, context, exc: Exception, include_traceback: bool = False):
+        cause = exc
+        while cause is not None and not isinstance(cause, refused):
+            cause = cause.__cause__
+        if cause is None or include_traceback or not isinstance(exc, SyftException):
+            return original(cls, context, exc, include_traceback)
+        return cls(message=exc.get_message(context), tb=None)  # PySyft's answer, as it builds it
+
+    SyftError.from_exception = classmethod(from_exception)
 
 
 # What a data scientist's account may call on this site: the fl-syft client's whole use of PySyft.
@@ -167,33 +194,43 @@ def scientist_api(server, quota: ScientistQuota, endpoints: frozenset[str]) -> N
     endpoints only the owner's own (``endpoints``), and whatever it makes the site store (its
     uploads and requests, and what PySyft keeps of each call) within ``quota``. Calls that are not
     signed, or carry more than their signature covers (:func:`signed_message_only`), are refused
-    for everyone. Everything else is refused in one line, before PySyft looks at it."""
+    for everyone, and a key that is no account is refused before its message is decoded (what it
+    may send is ``owner.prelogin``'s envelope). Everything else is refused in one line, before
+    PySyft looks at it."""
     from syft.client.api import SignedSyftAPICall
     from syft.service.response import SyftError
     from syft.service.user.user_roles import ServiceRole
     from syft.types.errors import SyftException
 
+    from fl_syft.owner.exposure import Summary
+
     handle = server.handle_api_call_with_unsigned_result
 
+    strangers = Summary(f"{server.name}: refused %d calls without an account in the last minute (last: %s)")
+
     def checked(api_call, *args, **kwargs):
+        role = None
         try:
             if type(api_call) is not SignedSyftAPICall:
                 raise SyftException(public_message="only signed calls are served")
-            signed_message_only(api_call)
-            if api_call.is_valid:  # else PySyft refuses it itself
-                _admit(api_call)
+            if api_call.is_valid:  # else PySyft refuses it itself, before it reads the message
+                role = server.get_role_for_credentials(credentials=api_call.credentials)
+                if role is ServiceRole.GUEST:  # PySyft treats any unknown key as a guest
+                    raise SyftException(public_message="log in with an account of this site")
+                signed_message_only(api_call)  # decoded only now: the caller is an account (owner.prelogin)
+                _admit(api_call, role)
         except SyftException as e:  # answered like any failed call: the client raises it as one line
-            log.warning("%s: refused a call: %s", server.name, e.public_message)
+            if role in (None, ServiceRole.GUEST):  # anyone can send these: one line a minute in site.log
+                strangers.add(e.public_message)
+            else:
+                log.warning("%s: refused a call: %s", server.name, e.public_message)
             return SyftError(message=e.public_message)
         try:
             return handle(api_call, *args, **kwargs)
         except SyftException as e:  # PySyft's own refusals (a role without access) are answers, not HTTP 500s
             return SyftError(message=e.public_message)
 
-    def _admit(api_call) -> None:
-        role = server.get_role_for_credentials(credentials=api_call.credentials)
-        if role is ServiceRole.GUEST:  # PySyft treats any unknown key as a guest
-            raise SyftException(public_message="log in with an account of this site")
+    def _admit(api_call, role) -> None:
         if role.value < ServiceRole.DATA_OWNER.value:
             message = api_call.message
             path = message.path

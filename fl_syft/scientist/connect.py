@@ -8,113 +8,21 @@ the vetted functions return ever reaches this side.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from fl_syft.common.errors import ConfigError, FlSyftError, one_line
+from fl_syft.common.errors import one_line
 from fl_syft.common.fingerprint import fingerprint, fingerprint_of
 from fl_syft.common.protocol import SECAGG_KEY, SECAGG_PATH, SECAGG_ROUTE, STATUS_PATH, Refusal
+from fl_syft.scientist import transport
+from fl_syft.scientist.addresses import ConnectError, Password, SiteAddress, password_for
 from fl_syft.scientist.quiet import quiet
 from fl_syft.scientist.rounds import SiteRefused
 
 log = logging.getLogger("fl_syft.connect")
-
-DS_PASSWORD_ENV = "FL_SYFT_DS_PASSWORD"
-
-
-class ConnectError(FlSyftError):
-    """A datasite cannot be used; the message names the site and what to do."""
-
-
-@dataclass(frozen=True)
-class SiteAddress:
-    name: str  # "" = accept whatever name the server reports
-    url: str  # e.g. http://127.0.0.1
-    port: int
-    email: str
-
-    @property
-    def label(self) -> str:
-        return self.name or "the datasite"
-
-
-def read_connection(path: Path) -> list[SiteAddress]:
-    """Site addresses from the launcher's ``datasites.json``."""
-    if not path.exists():
-        raise ConnectError(f"connection file {path} not found: start the datasites first "
-                           "(python launch_datasites.py) or pass --connection")
-    try:
-        doc = json.loads(path.read_text())
-        sites = [SiteAddress(s["name"], s["url"], int(s["port"]), s["ds_email"]) for s in doc["datasites"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConnectError(f"connection file {path} is malformed ({type(e).__name__}: {e}); "
-                           "restart the launcher to rewrite it") from None
-    if not sites:
-        raise ConnectError(f"connection file {path} lists no datasites")
-    return sites
-
-
-def url_address(url: str, email: str) -> SiteAddress:
-    """A SiteAddress for ``http://HOST:PORT`` (the site's name is taken from the server)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
-        raise ConfigError(f"{{datasite}} {url!r} must look like http://HOST:PORT")
-    return SiteAddress(name="", url=f"{parts.scheme}://{parts.hostname.lower()}", port=port, email=email)
-
-
-def url_addresses(urls: list[str], email: str) -> list[SiteAddress]:
-    """:func:`url_address` of each URL; one given twice is refused (it would be called twice a round).
-    (Two URLs of one server are caught after login, by the server's id: see :func:`connect`.)"""
-    addresses = [url_address(url, email) for url in urls]
-    seen: dict[tuple[str, int], str] = {}
-    for url, address in zip(urls, addresses, strict=True):
-        key = (address.url, address.port)
-        if key in seen:
-            raise ConfigError(f"{{datasite}} {url} is given twice (also as {seen[key]}): give each datasite once")
-        seen[key] = url
-    return addresses
-
-
-@dataclass(frozen=True)
-class Password:
-    """The scientist's password and where it came from (named when a login fails; never printed)."""
-
-    value: str = field(repr=False)
-    source: str  # "FL_SYFT_DS_PASSWORD" or the secrets.json path
-
-    def hint(self) -> str:
-        if self.source == DS_PASSWORD_ENV:
-            return f"{DS_PASSWORD_ENV} does not match this datasite's password for you (ask its data owner)"
-        return (f"the ds_password in {self.source} does not match (was the site restarted with another "
-                f"{DS_PASSWORD_ENV}?): set {DS_PASSWORD_ENV} to the right one")
-
-
-def ds_password(connection_file: Path | None) -> Password:
-    """The scientist's password: $FL_SYFT_DS_PASSWORD, else ``secrets.json`` beside the launcher's
-    connection file (same machine); with explicit ``--datasite`` addresses, only the variable."""
-    if os.environ.get(DS_PASSWORD_ENV):
-        return Password(os.environ[DS_PASSWORD_ENV], DS_PASSWORD_ENV)
-    secrets = connection_file.parent / "secrets.json" if connection_file else None
-    if secrets and secrets.exists():
-        return Password(json.loads(secrets.read_text())["ds_password"], str(secrets))
-    if connection_file is None:
-        raise ConnectError(f"no password: set {DS_PASSWORD_ENV} to the password the data owners gave you")
-    raise ConnectError(f"no password: set {DS_PASSWORD_ENV}, or keep the launcher's secrets.json beside "
-                       f"{connection_file}")
-
 
 # Python 3.11's ``ast`` module is not thread-safe ("AST constructor recursion depth mismatch"):
 # parsing source (our fingerprints, PySyft's syft_function) takes this lock.
@@ -124,9 +32,9 @@ _PARSING = threading.Lock()
 class SyftSite:
     """One datasite as a federated site: ``call(function, ...)`` runs that approved vetted function there."""
 
-    def __init__(self, address: SiteAddress, password: Password):
+    def __init__(self, address: SiteAddress, password: Password | None):
         self.address = address
-        self.client = _login(address, password)
+        self.client = _login(address, password_for(address, password))
         self.name = self.client.name
         datasets = self.client.datasets.get_all()
         if not datasets:
@@ -207,7 +115,7 @@ class SyftSite:
         try:
             if self._http is None:
                 self._http = requests.Session()  # kept alive: several requests per round
-            reply = self._http.post(f"{_where(self.address)}/api/v2{SECAGG_ROUTE}", data=body, timeout=120)
+            reply = self._http.post(f"{_where(self.address)}/api/v2{SECAGG_ROUTE}", data=body)  # transport timeout
             reply.raise_for_status()
             answer = sy.deserialize(reply.content, from_bytes=True)
         except requests.RequestException as e:
@@ -312,12 +220,29 @@ def _login(address: SiteAddress, password: Password):
     from syft.types.errors import SyftException
 
     where = _where(address)
+    if address.url.startswith("https://"):
+        if not address.fingerprint:
+            raise ConnectError(f"{address.label} at {where}: no certificate fingerprint to pin: use its invite")
+        transport.pin(address.url.removeprefix("https://"), address.port, address.fingerprint)
     try:
         with quiet():
             client = sy.login(url=address.url, port=address.port, email=address.email, password=password.value)
+    except requests.exceptions.SSLError as e:
+        seen = transport.mismatch(e)
+        if seen:
+            raise ConnectError(f"{address.label} at {where} presents a TLS certificate with SHA-256 {seen[:16]}..., "
+                               f"not the {address.fingerprint[:16]}... its invite pins: it is not that site, or the "
+                               "site was started fresh (ask its owner for a new invite); nothing was sent") from None
+        raise ConnectError(f"{address.label} at {where}: TLS failed ({one_line(e, 200)}): is it an HTTPS "
+                           "site?") from None
     except requests.exceptions.ConnectionError:
         raise ConnectError(f"cannot reach {address.label} at {where}: is the datasite running "
                            "(python launch_datasites.py) and the URL/port right?") from None
+    except AttributeError as e:  # how PySyft's login fails on an HTTP error status (it reads e.public_message)
+        if "code 429" not in str(e.__context__):
+            raise
+        raise ConnectError(f"login to {address.label} at {where}: too many failed login attempts from this "
+                           "address; wait a minute and retry with the right password") from None
     except SyftException as e:
         message = one_line(e, 400)
         if any(word in message.lower() for word in ("password", "credentials", "email", "item not found")):
@@ -329,7 +254,7 @@ def _login(address: SiteAddress, password: Password):
     return client
 
 
-def connect(addresses: list[SiteAddress], password: Password, functions: tuple[Callable, ...] = (),
+def connect(addresses: list[SiteAddress], password: Password | None, functions: tuple[Callable, ...] = (),
             approval_timeout: float = 60.0) -> list[SyftSite]:
     """Log into every site (all reachable, each a different server, before anything is
     submitted), then get each of the vetted ``functions`` approved on each (:func:`approve`).

@@ -216,6 +216,18 @@ def _features(fmap) -> str:
             f"({spec['groups']} groups) per image ({fmap.width})")
 
 
+def describe_data(cfg: dict) -> str:
+    """What a run trained and scored on: one data set split across the sites (a simulation, a
+    demo's fresh sites), or the scientist's test set beside the sites' own rows, which the
+    scientist never sees (a run over served or launched sites)."""
+    source = cfg.get("data") or "embedded"
+    named = {"embedded": "embedded MNIST", "openml": "OpenML mnist_784"}.get(
+        source, f"the IDX files in {source[4:]}" if source.startswith("idx:") else source)
+    if "partition" in cfg:
+        return f"{named}: its training set split across the sites (partition below), its test set scored"
+    return f"test set: {named}; training rows: the sites' own"
+
+
 def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dict | None, histogram_of: str,
               has_comparison: bool) -> str:
     cfg, history, baselines = doc["config"], doc["rounds"], doc.get("baselines", {})
@@ -226,7 +238,7 @@ def _markdown(doc: dict, algorithm: Algorithm, n_test: int, label_histogram: dic
              f"({n_test:,} images).", "",
              "## Settings", "", "| setting | value |", "|---|---|",
              f"| algorithm | {algorithm.title} |", f"| features | {_features(algorithm.features)} |",
-             f"| data | {cfg.get('data')} |"]
+             f"| data | {describe_data(cfg)} |"]
     if "partition" in cfg:
         p = cfg["partition"]
         lines.append(f"| partition | {p['kind']}, {len(label_histogram or {}) or p['sites']} sites"

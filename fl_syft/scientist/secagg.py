@@ -65,6 +65,10 @@ class SecureSum:
         started, keys = time.perf_counter(), self.adverts
         steps = {name: {"share_keys": {"session": self.session, "rnd": rnd, "adverts": keys}} for name in keys}
         answers, dropped = self._each(list(steps), lambda s: s.secagg(steps[s.name]))
+        # A site that missed a round sent no keys for the next: it stays out of this session.
+        dropped.update({name: f"{name} dropped out of this secure-aggregation session in an earlier round (it has "
+                              f"no keys for round {rnd}); resuming the run (--resume) starts a session with it"
+                        for name in self.sites if name not in keys})
         self._enough(rnd, answers, dropped, "sharing keys")
         seconds["keys"] = time.perf_counter() - started
         sharers = sorted(answers)
