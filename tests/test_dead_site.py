@@ -66,7 +66,8 @@ def test_launch_keeps_serving_while_a_site_is_left_and_stops_when_none_is(tmp_pa
     assert err.value.for_cli() == (
         f"site-2 stopped unexpectedly (and no other site is running) (exit code 3; its last log line: site-2: the "
         f"last thing it said; log: {tmp_path / 'site-2' / 'site.log'}): nothing is served any more; see the log, "
-        "then start again (--keep keeps the state)")
+        "then start again with --keep and the same flags (--peers, --dp-epsilon ...: --keep keeps the state, not the "
+        "flags)")
 
 
 @pytest.mark.syft
@@ -89,7 +90,8 @@ def test_serve_ends_when_its_datasite_is_killed_and_starts_again_with_keep(tmp_p
     assert owner.returncode == 1
     assert line.startswith("fl-syft: error: clinic stopped unexpectedly (killed by SIGKILL; its last log line: ")
     assert line.endswith(f"; log: {state / 'clinic' / 'site.log'}): nothing is served any more; see the log, then "
-                         "start again (--keep keeps the state)")
+                         "start again with --keep and the same flags (--peers, --dp-epsilon ...: --keep keeps the "
+                         "state, not the flags)")
     assert not (state / "datasites.json").exists()
 
     again = subprocess.Popen([sys.executable, "-m", "fl_syft", "serve", "--keep", "--name", "clinic", "--port",

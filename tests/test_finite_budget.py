@@ -72,6 +72,16 @@ def test_the_signal_rule_and_its_fix():
         privacy.check_signal(2e6, None, 10, "x over", pooled=True)
 
 
+def test_too_small_an_epsilon_is_refused_with_a_larger_one_as_the_first_fix(tmp_path):
+    sites = _sites(tmp_path, 1.0, rows=1000)
+    X, y = _test_set()
+    with pytest.raises(NoSignal) as refused:
+        runs.run(sites, runs.RunRequest(rounds=2, features="pixels", epsilon=0.01), X, y)
+    left = sites[0].guard.policy.epsilon - sites[0].guard.ledger.spent  # (the published row count spent a little)
+    assert (f"; ask for a larger --epsilon (up to what site-1 has left, {left:.3g}), or its owner may raise the "
+            "budget") in refused.value.for_cli()
+
+
 def test_a_lost_charged_round_is_replanned_and_the_run_ends_within_its_budget(tmp_path):
     """A site charged round 3 and then its answer was lost (killed mid-round): the resumed run
     accounts that charge, gives rounds 3..5 more noise, and ends at the budget, not past it."""

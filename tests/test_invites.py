@@ -84,7 +84,7 @@ def test_the_federation_counts_this_site_and_its_peers_once(tmp_path):
 
 def test_a_site_without_peers_has_no_secure_aggregation():
     site = owner_policy().for_federation({"north": KEY_A}).privacy
-    assert site.peers == {} and "secure aggregation" not in site.describe()
+    assert site.peers == {} and site.describe().endswith("; no secure aggregation (no peers)")
     with pytest.raises(ConfigError, match="needs the federation's peers"):
         ServeOptions(data="x.npz", name="north", policy=owner_policy(require_secure_aggregation=True)).check()
 
@@ -112,3 +112,40 @@ def test_a_generated_certificate_is_kept_and_an_owners_own_is_checked(tmp_path):
         check_pair(made.cert, other.key)
     own = site_certificate(tmp_path / "x", "north", [], fresh=True, own=(other.cert, other.key))
     assert own.fingerprint == other.fingerprint
+
+
+def test_a_kept_start_says_when_its_flags_change_the_policy(tmp_path, caplog):
+    """``--keep`` keeps the state, not the flags: a restart without ``--peers`` or with another
+    budget says what changed (the dead-site message says to give the same flags again)."""
+    from fl_syft.owner.datasite import SiteSpec
+    from fl_syft.owner.launch import _note_policy_change
+
+    before = SiteSpec("north", "127.0.0.1", 1, str(tmp_path), "a@x", "p", "s@x", "q",
+                      policy=owner_policy(epsilon=3.0).for_federation({"north": KEY_A, "south": KEY_B}))
+    before.save(tmp_path / "spec.json")
+    _note_policy_change(tmp_path / "spec.json", before)
+    assert caplog.records == []
+    _note_policy_change(tmp_path / "spec.json", SiteSpec(**{**before.__dict__, "policy": owner_policy()}))
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("north: its policy is this start's flags, not the last start's: was record-level ")
+    assert "epsilon 3" in line and "secure aggregation among 2 sites" in line and "no secure aggregation" in line
+
+
+def test_a_site_that_requires_secure_aggregation_says_so_when_it_turns_it_on(caplog):
+    from types import SimpleNamespace
+
+    from fl_syft.scientist.algorithms.fedavg import FedAvg, FedAvgSettings
+    from fl_syft.scientist.algorithms.lbfgs import Lbfgs, LbfgsSettings
+    from fl_syft.scientist.algorithms.secure import Secure
+
+    caplog.set_level("INFO", logger="fl_syft")
+    peers = {"north": KEY_A, "south": KEY_B}
+    statuses = [{"site": "north", "policy": {"require_secure_aggregation": True, "peers": peers, "threshold": 2}},
+                {"site": "south", "policy": {"peers": peers, "threshold": 2}}]
+    assert Secure.plan(FedAvg(FedAvgSettings()), statuses, SimpleNamespace(secure=False), {}) == {"threshold": 2}
+    assert caplog.records[-1].getMessage() == ("secure aggregation although not asked for: north requires it (its "
+                                               "owner's --require-secure-aggregation)")
+    with pytest.raises(ConfigError) as refused:
+        Secure.plan(Lbfgs(LbfgsSettings()), statuses, SimpleNamespace(secure=False), {})
+    assert refused.value.for_cli() == ("lbfgs has no secure-aggregation form (fedavg has): north requires it (its "
+                                       "owner's --require-secure-aggregation): use --algorithm fedavg")

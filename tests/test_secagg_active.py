@@ -154,6 +154,10 @@ def test_malformed_endpoint_arguments_are_one_line_refusals_and_the_round_comple
         message = str(refused.value)
         assert message.startswith("site-1 refused secure aggregation: ") and "\n" not in message and len(message) < 300
     assert (used.read_text() if used.exists() else "") == before  # nothing stored, no round burned
+    audit = [json.loads(line) for line in (deployment.specs["site-1"].dir / "audit.jsonl").read_text().splitlines()]
+    refusals = [e for e in audit if e.get("function") == "secure aggregation" and e.get("outcome") == "refused"]
+    assert len(refusals) >= len(MALFORMED) and all(e["requester"] == "scientist@fl-syft.example.com"
+                                                    for e in refusals)  # the owner sees them (status, site.log)
     # A record an older version stored (a list as session) must not stop the site from restarting.
     with used.open("a") as f:
         f.write(json.dumps([["ab"], 1, "keys"]) + "\n")

@@ -112,7 +112,7 @@ class PrivacyPolicy:
 
     def describe(self) -> str:
         """One line for the owner's terminal and the scientist's report."""
-        secure = "" if not self.peers else (
+        secure = "; no secure aggregation (no peers)" if not self.peers else (
             f"; secure aggregation among {counted(len(self.peers), 'site')} (this one among them), "
             f"threshold {self.threshold}"
             + (" (required)" if self.require_secure_aggregation else ""))

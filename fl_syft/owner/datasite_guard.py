@@ -58,7 +58,8 @@ def secagg_router(server, guard: Guard):
             signed = read_signed_call(body)  # nothing of the body decoded but the envelope's bytes
             if signed is None or not signed.is_valid:
                 return {"error": "not a validly signed request"}
-            if account_email(server, signed.credentials) is None:  # before its message is decoded
+            requester = account_email(server, signed.credentials)
+            if requester is None:  # before its message is decoded
                 return {"error": "unknown account or malformed request"}
             signed_message_only(signed)
             call = signed.message
@@ -71,7 +72,8 @@ def secagg_router(server, guard: Guard):
             return {"error": "unknown account or malformed request"}
         try:
             return {"result": guard.secagg_steps(call.kwargs["steps"])}
-        except Refused as e:
+        except Refused as e:  # the owner sees it too (audit, site.log, status): e.g. a stale peer card
+            guard.record(uuid.uuid4().hex[:12], "secure aggregation", requester, "refused", str(e))
             return {"error": str(Refusal(guard.site, "secure aggregation", str(e)))}
 
     async def secagg(request):

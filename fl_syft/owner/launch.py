@@ -247,6 +247,8 @@ class Deployment:
                             policy=policy, tls_cert=tls and str(tls.cert), tls_key=tls and str(tls.key),
                             tls_fingerprint=tls.fingerprint if tls else "")
             self.specs[setup.name] = spec
+            if opts.keep:
+                _note_policy_change(site_dir / "spec.json", spec)
             (site_dir / "status.json").unlink(missing_ok=True)
             spec.save(site_dir / "spec.json")
             self.procs[setup.name] = self._spawn(spec)
@@ -357,7 +359,8 @@ class Deployment:
                             last = " (and no other site is running)" if len(self.procs) > 1 else ""
                             raise LaunchError(f"{name} stopped unexpectedly{last} ({why}; log: {log_file}): "
                                               "nothing is served any more; see the log, then start again "
-                                              "({keep} keeps the state)")
+                                              "with {keep} and the same flags (--peers, --dp-epsilon ...: "
+                                              "{keep} keeps the state, not the flags)")
                         log.error("%s stopped unexpectedly (%s); the other sites keep running (%s); log: %s",
                                   name, why, ", ".join(running), log_file)
                 time.sleep(0.5)
@@ -389,6 +392,17 @@ def ensure_database(url: str) -> None:
     except psycopg.Error as e:
         reason = " ".join(str(e).split())[:200]
         raise LaunchError(f"PostgreSQL at {parts.hostname}:{parts.port or 5432}: {reason}; check --db-url") from None
+
+
+def _note_policy_change(saved: Path, spec: SiteSpec) -> None:
+    """A ``--keep`` start runs the policy of this start's flags: say so where it differs from the
+    last start's (a restart without ``--peers`` or ``--dp-epsilon`` would drop them unnoticed)."""
+    if not saved.exists():
+        return
+    before, now = SiteSpec.load(saved).policy.privacy.describe(), spec.policy.privacy.describe()
+    if before != now:
+        log.warning("%s: its policy is this start's flags, not the last start's: was %s; now %s (give the "
+                    "flags again to keep what it was)", spec.name, before, now)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

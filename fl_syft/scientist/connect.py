@@ -236,8 +236,10 @@ def _login(address: SiteAddress, password: Password):
         raise ConnectError(f"{address.label} at {where}: TLS failed ({one_line(e, 200)}): is it an HTTPS "
                            "site?") from None
     except requests.exceptions.ConnectionError:
-        raise ConnectError(f"cannot reach {address.label} at {where}: is the datasite running "
-                           "(python launch_datasites.py) and the URL/port right?") from None
+        hint = ("ask its owner whether the site is running and the invite is its latest" if address.invite else
+                "is the datasite running (python launch_datasites.py) and the URL/port right? (a site started "
+                "with fl-syft serve speaks HTTPS only: use its invite, --invite FILE)")
+        raise ConnectError(f"cannot reach {address.label} at {where}: {hint}") from None
     except AttributeError as e:  # how PySyft's login fails on an HTTP error status (it reads e.public_message)
         if "code 429" not in str(e.__context__):
             raise

@@ -129,7 +129,9 @@ def plan(statuses: list[dict], releases: int, epsilon: float | None = None, *,
                    f"what is left is too little for a run that learns; {OWNER_FIX}")
             raise ConfigError(f"{{epsilon}} {epsilon:g}: {b.site} has {b.remaining:.3g} of its {b.policy.epsilon:g} "
                               f"left (spent {b.spent:.3g}); {fix}")
-    check_signal(sigma, rows, releases, f"{{epsilon}} {epsilon:.3g} over", pooled=pooled)
+    larger = (f"ask for a larger {{epsilon}} (up to what {least.site} has left, {least.remaining:.3g}), or"
+              if rows is not None and signal(left_sigma, rows, releases) >= MIN_SIGNAL else "")
+    check_signal(sigma, rows, releases, f"{{epsilon}} {epsilon:.3g} over", pooled=pooled, first_fix=larger)
     return result
 
 
@@ -162,11 +164,11 @@ def signal(sigma: float, rows: float, releases: int) -> float:
 
 
 def check_signal(sigma: float, rows: float | None, releases: int, what: str, *, pooled: bool,
-                 done: int = 0) -> None:
+                 done: int = 0, first_fix: str = "") -> None:
     """Refuse a plan that could not learn: its signal (:func:`signal`) below ``MIN_SIGNAL``, where
     runs end near chance (a spent budget's leftover gave 13% after 12 rounds, its test loss rising
     to 1e5); and noise above what the sites' bounds admit. ``what`` starts the message; ``done``:
-    the rounds a resumed run has completed (they stay saved)."""
+    the rounds a resumed run has completed (they stay saved); ``first_fix`` goes before the owner's."""
     kept = "nothing was trained or charged" if not done else f"rounds 1..{done} stay saved"
     if sigma > MAX_NOISE:
         raise NoSignal(f"{what} {releases} noisy steps needs noise multiplier {sigma:.3g}, above the "
@@ -178,7 +180,8 @@ def check_signal(sigma: float, rows: float | None, releases: int, what: str, *, 
                    f"the noise of one release at {sigma / math.sqrt(releases):.3g}, and the {rows:.0f} rows a step "
                    f"averages are {signal(sigma, rows, releases):.3g} times that, under the {MIN_SIGNAL:g} a run "
                    f"needs to learn anything (below it runs end near chance; fewer rounds do not help: each step "
-                   f"gets less noise, the run the same) ({kept}); {OWNER_FIX}{pool}")
+                   f"gets less noise, the run the same) ({kept}); {first_fix + ' ' if first_fix else ''}{OWNER_FIX}"
+                   f"{pool}")
 
 
 class NoSignal(ConfigError):

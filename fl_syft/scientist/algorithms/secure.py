@@ -7,6 +7,7 @@ handed to the inner ``aggregate`` as they are. It is the outermost wrapper (see 
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +16,8 @@ from fl_syft.common.errors import ConfigError
 from fl_syft.scientist.algorithms.base import Collected, NoSettings, RoundAlgorithm, Wrapper
 from fl_syft.scientist.rounds import Resilience, Site
 from fl_syft.scientist.secagg import SecureSum
+
+log = logging.getLogger("fl_syft")
 
 
 class Secure(Wrapper):
@@ -28,12 +31,17 @@ class Secure(Wrapper):
 
     @classmethod
     def plan(cls, inner: RoundAlgorithm, statuses: list[dict], asked: Any, mode: dict) -> dict | None:
-        required = any(s["policy"].get("require_secure_aggregation") for s in statuses)
+        required = [s["site"] for s in statuses if s["policy"].get("require_secure_aggregation")]
         if not (asked.secure or required):
             return None
+        why = (f"{', '.join(required)} {'require' if len(required) > 1 else 'requires'} it (its owner's "
+               "--require-secure-aggregation)") if required else ""
         if not cls.wraps(type(inner)):
-            raise ConfigError(f"{inner.name} has no secure-aggregation form (fedavg has): drop "
-                              "{secure_aggregation} or use --algorithm fedavg")
+            raise ConfigError(f"{inner.name} has no secure-aggregation form (fedavg has): " + (
+                f"{why}: use --algorithm fedavg" if required and not asked.secure
+                else "drop {secure_aggregation} or use --algorithm fedavg"))
+        if required and not asked.secure:
+            log.info("secure aggregation although not asked for: %s", why)
         return {"threshold": _threshold(statuses)}
 
     def collect(self, pool: ThreadPoolExecutor, sites: list[Site], sent: dict, config: dict, rnd: int,
