@@ -149,3 +149,21 @@ def test_a_site_that_requires_secure_aggregation_says_so_when_it_turns_it_on(cap
         Secure.plan(Lbfgs(LbfgsSettings()), statuses, SimpleNamespace(secure=False), {})
     assert refused.value.for_cli() == ("lbfgs has no secure-aggregation form (fedavg has): north requires it (its "
                                        "owner's --require-secure-aggregation): use --algorithm fedavg")
+
+
+def test_an_invite_cannot_take_over_another_sites_address_or_pin(tmp_path):
+    """A hostile co-owner's invite naming site A's address with its own certificate: refused before
+    any login, whichever order the invites come in (a pin is never replaced)."""
+    from fl_syft.scientist import transport
+    from fl_syft.scientist.addresses import invite_addresses
+
+    real = Invite(card("north", KEY_A, "12" * 32), "ds@x", "pw-north")
+    hostile = Invite(Card("south", real.card.url, "34" * 32, KEY_B), "ds@x", "pw-south")
+    files = [write(tmp_path / "a.json", real.to_dict()), write(tmp_path / "b.json", hostile.to_dict())]
+    for order in (files, files[::-1]):
+        with pytest.raises(ConfigError, match="both invite to https://north.example.org:8443: give each site once"):
+            invite_addresses(order)
+    transport.pin("pinned.example.org", 8443, "12" * 32)
+    transport.pin("PINNED.example.org", 8443, "12" * 32)  # the same pin again: fine
+    with pytest.raises(ValueError, match="already pinned to another certificate"):
+        transport.pin("pinned.example.org", 8443, "34" * 32)

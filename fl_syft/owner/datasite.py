@@ -258,8 +258,10 @@ def _run_uvicorn(server, spec: SiteSpec, guard) -> None:
     router.include_router(secagg_router(server, guard))
     app.include_router(router, prefix="/api/v2")
     harden(app, server)  # what anyone reaching the port can cost the site before logging in: bounded
+    # proxy_headers off: uvicorn would take X-Forwarded-For from any loopback client as its address
+    # (the login limit is per address).
     config = uvicorn.Config(app, host=spec.host, port=spec.port, log_level="warning", access_log=False, http=HTTP,
-                            ssl_certfile=spec.tls_cert, ssl_keyfile=spec.tls_key)
+                            ssl_certfile=spec.tls_cert, ssl_keyfile=spec.tls_key, proxy_headers=False)
     uvicorn.Server(config).run()  # handles SIGTERM/SIGINT: finish requests, then return
     server.stop()
 

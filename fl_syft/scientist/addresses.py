@@ -76,10 +76,12 @@ def invite_addresses(paths: list[Path]) -> list[SiteAddress]:
     for path in paths:
         invite = read_invite(path)
         scheme, host, port = invite.card.host_port
-        if invite.card.name in seen:
-            raise ConfigError(f"{{invite}} {path} and {seen[invite.card.name]} both invite to {invite.card.name}: "
-                              "give each site once")
-        seen[invite.card.name] = path
+        for key in (invite.card.name, (host.lower(), port)):  # one name, and one address, per site
+            if key in seen:
+                raise ConfigError(f"{{invite}} {path} and {seen[key]} both invite to "
+                                  f"{key if isinstance(key, str) else f'{scheme}://{host}:{port}'}: give each "
+                                  "site once (an invite naming another site's address is not that site's)")
+            seen[key] = path
         addresses.append(SiteAddress(invite.card.name, f"{scheme}://{host}", port, invite.email,
                                      invite.card.fingerprint, str(Path(path).resolve())))
     return addresses

@@ -45,7 +45,10 @@ def pin(host: str, port: int, fingerprint: str) -> None:
             HTTPAdapter.build_connection_pool_key_attributes = _pinned_pool
             HTTPAdapter.cert_verify = _pinned_verify
             _keep_https_ports()
-        _PINS[(host.lower().strip("[]"), int(port))] = fingerprint
+        key = (host.lower().strip("[]"), int(port))
+        if _PINS.get(key, fingerprint) != fingerprint:  # another invite's pin for the same address: never replaced
+            raise ValueError(f"https://{host}:{port} is already pinned to another certificate")
+        _PINS[key] = fingerprint
 
 
 def _pinned_pool(self: HTTPAdapter, request, verify, cert=None):
