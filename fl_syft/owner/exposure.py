@@ -255,6 +255,7 @@ def harden(app, server) -> None:
     app.router.routes = [r for r in app.router.routes
                          if SERVED.get(getattr(r, "path", None)) in getattr(r, "methods", ())]
     prelogin.signed_envelopes_only()
+    prelogin.bounded_decoding()
     prelogin.on_login(server, login_succeeded)
     logging.getLogger("syft.server.routes").setLevel(logging.CRITICAL)  # a line per failed login: summarised here
     app.add_middleware(Exposure, name=server.name)

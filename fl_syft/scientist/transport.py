@@ -45,10 +45,8 @@ def pin(host: str, port: int, fingerprint: str) -> None:
             HTTPAdapter.build_connection_pool_key_attributes = _pinned_pool
             HTTPAdapter.cert_verify = _pinned_verify
             _keep_https_ports()
-        key = (host.lower().strip("[]"), int(port))
-        if _PINS.get(key, fingerprint) != fingerprint:  # another invite's pin for the same address: never replaced
-            raise ValueError(f"https://{host}:{port} is already pinned to another certificate")
-        _PINS[key] = fingerprint
+        # The latest login's pin (a run's invites name each address once: ``addresses.invite_addresses``).
+        _PINS[(host.lower().strip("[]"), int(port))] = fingerprint
 
 
 def _pinned_pool(self: HTTPAdapter, request, verify, cert=None):
